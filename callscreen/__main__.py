@@ -1,0 +1,3 @@
+from callscreen.cli import main
+
+main()

@@ -1,0 +1,426 @@
+"""`callscreen` command line: explain decisions and administer the store.
+
+Exit codes: 0 done, 1 the store or a file failed, 2 bad input (nothing was written).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import click
+import phonenumbers
+import redis
+import yaml
+
+from callscreen import config as config_mod
+from callscreen import numbers, rules
+from callscreen.config import Config, ConfigError, Line
+from callscreen.engine import Engine, UnknownLine
+from callscreen.store import (
+    ADMIN,
+    BadKey,
+    Store,
+    StoreUnavailable,
+    check_key_suffix,
+    json_line,
+)
+
+log = logging.getLogger("callscreen")
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class State:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._cfg: Config | None = None
+        self._store: Store | None = None
+
+    @property
+    def cfg(self) -> Config:
+        if self._cfg is None:
+            try:
+                self._cfg = config_mod.load(self.config_path)
+            except ConfigError as exc:
+                fail(1, "configuration error:\n" + str(exc))
+            setup_logging(self._cfg)
+        return self._cfg
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.from_config(self.cfg)
+        return self._store
+
+    def ruleset(self) -> rules.RuleSet:
+        try:
+            return rules.load_dir(self.cfg.rules_dir)
+        except rules.RulesError as exc:
+            fail(1, "rules error:\n" + str(exc))
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"callscreen: {message}", err=True)
+    sys.exit(code)
+
+
+def setup_logging(cfg: Config) -> None:
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    target = cfg.logging.target
+    handler: logging.Handler
+    if target == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    elif target == "syslog":
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(cfg.logging.level)
+
+
+def parse_duration(text: str | None) -> int | None:
+    if text is None:
+        return None
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise click.BadParameter(f"'{text}' is not a duration like 30d, 12h, 2w", param_hint="--for")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def number_arg(cfg: Config, raw: str) -> str:
+    """A caller number in any notation -> E.164, or exit 2."""
+    facts = numbers.normalise(raw, cfg.region, strip_prefixes=cfg.strip_prefixes)
+    if facts.e164 is None or not facts.possible:
+        raise click.BadParameter(
+            f"'{raw}' is not a phone number (region {cfg.region}): {facts.raw_kind}",
+            param_hint="NUMBER",
+        )
+    return facts.e164
+
+
+def entry_arg(cfg: Config, raw: str) -> str:
+    """A number, or a prefix ending in '*' ('+33162*', '0162*', '1202555*') -> list entry."""
+    if not raw.endswith("*"):
+        return number_arg(cfg, raw)
+    digits = re.sub(r"[\s.\-()]", "", raw[:-1])
+    if digits.startswith("+"):
+        body = digits[1:]
+        prefix = "+" + body
+    elif digits.startswith("00"):
+        body = digits[2:]
+        prefix = "+" + body
+    else:
+        body = digits
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(cfg.region)
+        national = (meta.national_prefix if meta else None) or ""
+        cc = phonenumbers.country_code_for_region(cfg.region)
+        if national and body.startswith(national):
+            body = body[len(national):]
+        prefix = f"+{cc}{body}"
+    if not body.isdigit() or not body.isascii() or not 2 <= len(prefix) <= 16 or prefix[1] == "0":
+        raise click.BadParameter(f"'{raw}' is not a number prefix like +33162* or 0162*",
+                                 param_hint="NUMBER")
+    return prefix + "*"
+
+
+def line_arg(engine: Engine, raw: str | None) -> Line | None:
+    try:
+        return engine.resolve_line(raw, strict=True)
+    except UnknownLine as exc:
+        raise click.BadParameter(str(exc), param_hint="--to/--line") from None
+
+
+def store_call(what: Callable[[], Any]) -> Any:
+    try:
+        return what()
+    except (redis.RedisError, OSError, StoreUnavailable) as exc:
+        fail(1, f"Redis is unavailable: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar="CALLSCREEN_CONFIG",
+              help="Main config file (default /etc/callscreen/callscreen.yaml; its callscreen.d/ "
+                   "overrides are read too).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Call screening for Asterisk: explain decisions, manage lists and reputation."""
+    ctx.obj = State(config_path)
+
+
+@main.command()
+@click.argument("number")
+@click.option("--to", "to", metavar="DID", help="The called line (one of config 'lines').")
+@click.option("--at", "at", metavar="ISO-TIME",
+              help="When the call happens (default now); without offset: the line's time zone.")
+@click.option("--attestation", type=click.Choice(["A", "B", "C", "failed"]),
+              help="STIR/SHAKEN attestation of the call (default unknown).")
+@click.option("--pres", "callingpres", metavar="CALLINGPRES",
+              help="Asterisk CALLINGPRES value, e.g. 32 for a withheld number.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def check(state: State, number: str, to: str | None, at: str | None, attestation: str | None,
+          callingpres: str | None, as_json: bool) -> None:
+    """Explain what would happen to a call from NUMBER (writes nothing)."""
+    cfg = state.cfg
+    engine = Engine(cfg, state.ruleset(), state.store)
+    line = line_arg(engine, to)
+    when = parse_time(at, line.timezone if line else cfg.timezone)
+    call = engine.make_call(number, line, when, attestation or "unknown", callingpres)
+    decision = engine.decide(call)
+    v = decision.verdict
+    if as_json:
+        click.echo(json.dumps({
+            "number": call.caller.e164, "anonymous": call.caller.anonymous,
+            "valid": call.caller.valid, "number_type": call.caller.number_type,
+            "country": call.caller.country, "line": line.did if line else None,
+            "at": call.at.isoformat(), "action": v.action, "rule": v.rule, "reason": v.reason,
+            "score": v.score, "degraded": v.degraded,
+            "trace": [{"rule": s.rule, "matched": s.matched, "detail": s.detail,
+                       "effect": s.effect} for s in v.trace],
+        }, indent=2))
+        return
+    c = call.caller
+    desc = "anonymous" if c.anonymous else (
+        f"{c.e164} ({c.number_type}, {c.country or '?'}, {'valid' if c.valid else 'INVALID'})"
+        if c.e164 else f"unusable caller ID ({c.raw_kind})")
+    click.echo(f"caller   {desc}")
+    if line:
+        local = call.at.astimezone(ZoneInfo(line.timezone))
+        click.echo(f"line     {line.did} {line.name} ({local:%a %Y-%m-%d %H:%M %Z})")
+    else:
+        local = call.at.astimezone(ZoneInfo(cfg.timezone))
+        click.echo(f"line     none ({local:%a %Y-%m-%d %H:%M %Z})")
+    if decision.facts is not None:
+        r, f = decision.facts.record, decision.facts
+        click.echo(f"store    score {r.score:g}, reports {r.reports} ({r.reporters} reporters), "
+                   f"calls {r.calls}, challenge {r.passes}/{r.fails}/{r.abandons} "
+                   f"pass/fail/abandon, velocity {f.velocity}")
+    else:
+        click.echo(f"store    UNAVAILABLE ({decision.store_error})")
+    click.echo("trace")
+    for step in v.trace:
+        click.echo(f"  {step}")
+    flag = " (degraded)" if v.degraded else ""
+    click.echo(f"verdict  {v.action.upper()}{flag}  rule={v.rule} reason={v.reason} "
+               f"score={v.score:g}")
+
+
+def parse_time(text: str | None, tz: str) -> dt.datetime:
+    if text is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not an ISO time like 2026-12-01T10:30",
+                                 param_hint="--at") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(tz))
+    return when
+
+
+def _list_command(kind: str, add: bool) -> Callable[..., None]:
+    @click.argument("entry", metavar="NUMBER-OR-PREFIX*")
+    @click.option("--line", metavar="DID", help="Only for this line (default: all lines).")
+    @click.pass_obj
+    def command(state: State, /, entry: str, line: str | None, **opts: Any) -> None:
+        cfg = state.cfg
+        engine = Engine(cfg, rules.RuleSet((), ()), None)
+        target = entry_arg(cfg, entry)
+        line_obj = line_arg(engine, line) if line else None
+        did = line_obj.did if line_obj else None
+        scope = f"line {did}" if did else "all lines"
+        if add:
+            ttl = parse_duration(opts.get("duration"))
+            expires = time.time() + ttl if ttl else None
+            store_call(lambda: state.store.list_add(kind, target, did, expires,
+                                                    opts.get("label") or ADMIN))
+            until = (f" until {dt.datetime.fromtimestamp(expires):%Y-%m-%d %H:%M}"
+                     if expires else "")
+            click.echo(f"{kind}ed {target} for {scope}{until}")
+        else:
+            removed = store_call(lambda: state.store.list_remove(kind, target, did))
+            click.echo(f"removed {target} from the {kind} list of {scope}" if removed
+                       else f"{target} was not on the {kind} list of {scope}")
+
+    if add:
+        command = click.option("--for", "duration", metavar="DURATION",
+                               help="Expire after e.g. 30d, 12h, 2w (default never).")(command)
+        command = click.option("--label", metavar="TEXT", help="Why (shown by `lists`).")(command)
+    return command
+
+
+for _kind in ("allow", "block"):
+    main.command(_kind, help=f"Put a number or prefix on the {_kind} list.")(
+        _list_command(_kind, True))
+    main.command(f"un{_kind}", help=f"Remove a number or prefix from the {_kind} list.")(
+        _list_command(_kind, False))
+
+
+@main.command()
+@click.argument("number")
+@click.option("--line", metavar="DID", help="Also show what this line knows.")
+@click.pass_obj
+def show(state: State, number: str, line: str | None) -> None:
+    """Everything the store holds about NUMBER."""
+    cfg = state.cfg
+    e164 = number_arg(cfg, number)
+    engine = Engine(cfg, rules.RuleSet((), ()), None)
+    line_obj = line_arg(engine, line) if line else None
+    data = store_call(lambda: state.store.show(e164, line_obj.did if line_obj else None,
+                                               time.time()))
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@main.command()
+@click.argument("number")
+@click.option("--line", metavar="DID", help="Report as this line (one vote per line).")
+@click.pass_obj
+def report(state: State, number: str, line: str | None) -> None:
+    """Report NUMBER as unwanted (administrator report, or as a line)."""
+    cfg = state.cfg
+    e164 = number_arg(cfg, number)
+    engine = Engine(cfg, rules.RuleSet((), ()), None)
+    line_obj = line_arg(engine, line) if line else None
+    reporter = line_obj.did if line_obj else ADMIN
+    counted = store_call(lambda: state.store.report(e164, reporter, time.time()))
+    score = store_call(lambda: state.store.facts(e164, None, time.time())).record.score
+    click.echo(f"reported {e164} as {reporter}: " +
+               ("counted" if counted else "already reported by this reporter, not counted again")
+               + f"; score now {score:g}")
+
+
+@main.command()
+@click.argument("number")
+@click.pass_obj
+def forgive(state: State, number: str) -> None:
+    """Reset NUMBER's reputation (score, reports, velocity). Lists are kept."""
+    e164 = number_arg(state.cfg, number)
+    existed = store_call(lambda: state.store.forgive(e164))
+    click.echo(f"forgave {e164}" if existed else f"{e164} had no reputation")
+
+
+@main.command("lists")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def lists_cmd(state: State, as_json: bool) -> None:
+    """Print the allow and block lists (global and per line)."""
+    entries = store_call(lambda: state.store.list_entries(time.time()))
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo("no list entries")
+    for e in entries:
+        scope = f"line {e['line']}" if e["line"] else "global"
+        until = (f" until {dt.datetime.fromtimestamp(e['expires']):%Y-%m-%d %H:%M}"
+                 if e["expires"] else "")
+        click.echo(f"{e['list']:<6} {scope:<20} {e['entry']:<18} {e['label']}{until}")
+
+
+@main.command()
+@click.pass_obj
+def stats(state: State) -> None:
+    """Counts of stored numbers, lines, list entries and Redis memory."""
+    for key, value in store_call(lambda: state.store.stats()).items():
+        click.echo(f"{key:<14} {value}")
+
+
+@main.command("export")
+@click.argument("output", type=click.File("w"), default="-")
+@click.pass_obj
+def export_cmd(state: State, output: Any) -> None:
+    """Write everything callscreen stores as JSON lines (to OUTPUT or stdout)."""
+    def run() -> int:
+        count = 0
+        for record in state.store.export():
+            output.write(json_line(record) + "\n")
+            count += 1
+        return count
+
+    count = store_call(run)
+    click.echo(f"exported {count} keys", err=True)
+
+
+@main.command("import")
+@click.argument("source", type=click.File("r"))
+@click.pass_obj
+def import_cmd(state: State, source: Any) -> None:
+    """Restore a JSON-lines export (keys of the same name are replaced)."""
+    records = []
+    for lineno, text in enumerate(source, 1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+            if not isinstance(record, dict) or not {"key", "type", "value"} <= set(record):
+                raise ValueError("needs key, type and value")
+            check_key_suffix(str(record["key"]))
+        except (ValueError, BadKey) as exc:
+            fail(2, f"{source.name}:{lineno}: {exc}; nothing imported")
+        records.append(record)
+    count = store_call(lambda: state.store.import_records(records))
+    click.echo(f"imported {count} keys")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration tools."""
+
+
+@config_group.command("check")
+@click.pass_obj
+def config_check(state: State) -> None:
+    """Validate the configuration and print the merged result."""
+    try:
+        cfg = config_mod.load(state.config_path)
+    except ConfigError as exc:
+        fail(1, "configuration error:\n" + str(exc))
+    data = config_mod.as_dict(cfg)
+    data["redis"]["url"] = mask_password(data["redis"]["url"])
+    click.echo("# read: " + (", ".join(cfg.sources) or "built-in defaults only"))
+    click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def mask_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@main.group("rules")
+def rules_group() -> None:
+    """Rules tools."""
+
+
+@rules_group.command("lint")
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.pass_obj
+def rules_lint(state: State, directory: Path | None) -> None:
+    """Check every rules file; print each problem with file:line."""
+    target = directory or state.cfg.rules_dir
+    try:
+        ruleset = rules.load_dir(target)
+    except rules.RulesError as exc:
+        for problem in exc.problems:
+            click.echo(problem)
+        fail(1, f"{len(exc.problems)} problem(s) in {target}")
+    click.echo(f"{len(ruleset.rules)} rules OK in {len(ruleset.files)} files:")
+    for rule in ruleset.rules:
+        effect = f"action {rule.action}" if rule.action else f"score {rule.score:+g}"
+        click.echo(f"  {rule.name:<28} {effect:<18} {rule.where}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,483 @@
+"""Configuration: load, layer and validate.
+
+Layers, later wins: built-in defaults (identical to the shipped ``config/callscreen.yaml``), the main
+file (``/etc/callscreen/callscreen.yaml``, or ``--config``, or ``$CALLSCREEN_CONFIG``), then every
+``callscreen.d/*.yaml`` beside it in lexical order. Mappings merge key by key; lists replace.
+Every error names the file and line it comes from. Relative paths are relative to the main file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import phonenumbers
+
+from callscreen import numbers, yamlsrc
+from callscreen.yamlsrc import SourceDict, SourceList, YamlError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path("/etc/callscreen/callscreen.yaml")
+ENV_PATH = "CALLSCREEN_CONFIG"
+ACTIONS = ("allow", "challenge", "voicemail", "block")
+FAIL_MODES = {"open": "allow", "challenge": "challenge", "closed": "voicemail"}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """One or more problems, each 'file:line: message'."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "cs:"
+    socket_timeout_ms: int = 200
+    connect_timeout_ms: int = 200
+    max_connections: int = 64
+
+
+@dataclass(frozen=True)
+class Line:
+    did: str  # E.164
+    name: str
+    timezone: str
+    language: str
+    facts: numbers.NumberFacts = field(compare=False, repr=False)
+
+    @property
+    def country(self) -> str | None:
+        return self.facts.country
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    challenge: float = 30.0
+    voicemail: float = 60.0
+    block: float = 150.0
+
+
+@dataclass(frozen=True)
+class Reputation:
+    half_life_days: float = 30.0
+    report_weight: float = 25.0
+    admin_report_weight: float = 40.0
+    challenge_fail_weight: float = 10.0
+    abandon_weight: float = 15.0
+    pass_weight: float = -20.0
+    record_ttl_days: int = 180
+    velocity_window_minutes: int = 60
+    recent_calls_kept: int = 50
+    recent_ttl_days: int = 7
+
+
+@dataclass(frozen=True)
+class ChallengeConfig:
+    digits: int = 3
+    attempts: int = 2
+    timeout_ms: int = 6000
+    on_fail: str = "voicemail"
+    trust_days: int = 90
+    language: str = ""  # empty: follow the channel's language
+
+
+@dataclass(frozen=True)
+class HolidayConfig:
+    country: str = ""  # empty: the line's country
+    subdivision: str = ""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    target: str = "stderr"  # stderr | syslog | a file path
+
+
+@dataclass(frozen=True)
+class Config:
+    redis: RedisConfig = RedisConfig()
+    region: str = "FR"
+    timezone: str = "Europe/Paris"
+    language: str = "en"
+    lines: tuple[Line, ...] = ()
+    rules_dir: Path = Path("/etc/callscreen/rules")
+    strip_prefixes: tuple[str, ...] = ()
+    neighbour_digits: Mapping[str, int] = field(default_factory=dict)
+    thresholds: Thresholds = Thresholds()
+    reputation: Reputation = Reputation()
+    challenge: ChallengeConfig = ChallengeConfig()
+    holidays: HolidayConfig = HolidayConfig()
+    fail_mode: str = "open"
+    default_action: str = "allow"
+    logging: LoggingConfig = LoggingConfig()
+    sources: tuple[str, ...] = ()
+
+    def line_for(self, did: str | None) -> Line | None:
+        for line in self.lines:
+            if line.did == did:
+                return line
+        return None
+
+    @property
+    def fail_action(self) -> str:
+        return FAIL_MODES[self.fail_mode]
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads typed values out of a SourceDict, collecting every problem with its file:line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+    def section(self, doc: SourceDict, key: str, allowed: set[str]) -> SourceDict:
+        value = doc.get(key)
+        if value is None:
+            return yamlsrc.empty(doc.where(key))
+        if not isinstance(value, SourceDict):
+            self.problems.append(f"{doc.where(key)}: '{key}' must be a mapping")
+            return yamlsrc.empty(doc.where(key))
+        self.unknown_keys(value, allowed, key + ".")
+        return value
+
+    def unknown_keys(self, doc: SourceDict, allowed: set[str], path: str = "") -> None:
+        for key in doc:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.problems.append(f"{doc.where(key)}: unknown key '{path}{key}' (known: {hint})")
+
+    def get(
+        self,
+        doc: SourceDict,
+        key: str,
+        kind: type[T] | tuple[type, ...],
+        default: T,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> T:
+        if key not in doc or doc[key] is None:
+            return default
+        value = doc[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in wanted:
+            value = object()  # YAML 'yes' is not a number
+        if not isinstance(value, wanted):
+            names = "/".join(t.__name__ for t in wanted)
+            self.problems.append(f"{doc.where(key)}: '{key}' must be {names}, got {doc[key]!r}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.problems.append(f"{doc.where(key)}: {problem}")
+                return default
+        return value  # type: ignore[return-value]
+
+
+def _positive(name: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v > 0 else f"{name} must be > 0, got {v}"
+
+
+def _region(value: str) -> str | None:
+    if value not in phonenumbers.SUPPORTED_REGIONS:
+        return f"region '{value}' is not an ISO country code known to phonenumbers"
+    return None
+
+
+def _tz(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"time zone '{value}' is unknown (use an IANA name like Europe/Paris)"
+    return None
+
+
+def _one_of(name: str, choices: Any) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"{name} '{v}' is not one of {', '.join(choices)}"
+
+
+def _redis_url(value: str) -> str | None:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        return f"redis url '{value}' must start with redis://, rediss:// or unix://"
+    return None
+
+
+def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Config:
+    """Validate a merged document into a Config; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    r = _Reader(problems)
+    d = Config()
+    r.unknown_keys(
+        doc,
+        {
+            "redis", "region", "timezone", "language", "lines", "rules_dir", "numbers",
+            "thresholds", "reputation", "challenge", "holidays", "fail_mode", "default_action",
+            "logging",
+        },
+    )
+
+    rs = r.section(doc, "redis", {"url", "prefix", "socket_timeout_ms", "connect_timeout_ms",
+                                  "max_connections"})
+    rd = d.redis
+    redis_cfg = RedisConfig(
+        url=r.get(rs, "url", str, rd.url, _redis_url),
+        prefix=r.get(rs, "prefix", str, rd.prefix,
+                     lambda v: None if v and v.isprintable() and " " not in v
+                     else f"redis prefix '{v}' must be printable, without spaces"),
+        socket_timeout_ms=r.get(rs, "socket_timeout_ms", int, rd.socket_timeout_ms,
+                                _positive("socket_timeout_ms")),
+        connect_timeout_ms=r.get(rs, "connect_timeout_ms", int, rd.connect_timeout_ms,
+                                 _positive("connect_timeout_ms")),
+        max_connections=r.get(rs, "max_connections", int, rd.max_connections,
+                              _positive("max_connections")),
+    )
+
+    region = r.get(doc, "region", str, d.region, _region)
+    timezone = r.get(doc, "timezone", str, d.timezone, _tz)
+    language = r.get(doc, "language", str, d.language)
+
+    lines: list[Line] = []
+    raw_lines = doc.get("lines") or []
+    if not isinstance(raw_lines, list):
+        problems.append(f"{doc.where('lines')}: 'lines' must be a list")
+        raw_lines = []
+    for index, item in enumerate(raw_lines):
+        where = raw_lines.where(index) if isinstance(raw_lines, SourceList) else doc.where("lines")
+        if isinstance(item, str | int):
+            item_doc = yamlsrc.empty(where)
+            item_doc["number"] = str(item)
+            item_doc.key_where["number"] = where
+        elif isinstance(item, SourceDict):
+            item_doc = item
+            r.unknown_keys(item_doc, {"number", "name", "timezone", "language"}, "lines[].")
+        else:
+            problems.append(f"{where}: a line is a number or a mapping with 'number'")
+            continue
+        raw = item_doc.get("number")
+        if raw is None:
+            problems.append(f"{item_doc.where()}: line without 'number'")
+            continue
+        facts = numbers.normalise(str(raw), region)
+        if facts.e164 is None or not facts.possible:
+            problems.append(f"{item_doc.where('number')}: line number '{raw}' is not a phone "
+                            f"number (region {region})")
+            continue
+        if any(line.did == facts.e164 for line in lines):
+            problems.append(f"{item_doc.where('number')}: line {facts.e164} is listed twice")
+            continue
+        lines.append(Line(
+            did=facts.e164,
+            name=r.get(item_doc, "name", str, facts.e164),
+            timezone=r.get(item_doc, "timezone", str, timezone, _tz),
+            language=r.get(item_doc, "language", str, language),
+            facts=facts,
+        ))
+
+    rules_dir_raw = r.get(doc, "rules_dir", str, str(d.rules_dir))
+    rules_dir = Path(rules_dir_raw)
+    if not rules_dir.is_absolute():
+        rules_dir = (base_dir / rules_dir).resolve()
+
+    ns = r.section(doc, "numbers", {"strip_prefixes", "neighbour_digits"})
+    strip_raw = ns.get("strip_prefixes") or []
+    strip: list[str] = []
+    if not isinstance(strip_raw, list):
+        problems.append(f"{ns.where('strip_prefixes')}: strip_prefixes must be a list")
+    else:
+        for p in strip_raw:
+            if not str(p).isdigit():
+                problems.append(f"{ns.where('strip_prefixes')}: technical prefix '{p}' must be "
+                                "digits only")
+            else:
+                strip.append(str(p))
+    nd_raw = ns.get("neighbour_digits") or {}
+    neighbour: dict[str, int] = {}
+    if not isinstance(nd_raw, dict):
+        problems.append(f"{ns.where('neighbour_digits')}: neighbour_digits must be a mapping")
+    else:
+        for country, digits in nd_raw.items():
+            here = nd_raw.where(country) if isinstance(nd_raw, SourceDict) else ns.where()
+            if country not in ("DEFAULT", "NANP") and country not in phonenumbers.SUPPORTED_REGIONS:
+                problems.append(f"{here}: '{country}' is not an ISO country code")
+            elif not isinstance(digits, int) or isinstance(digits, bool) or not 1 <= digits <= 12:
+                problems.append(f"{here}: neighbour_digits.{country} must be an "
+                                f"integer from 1 to 12, got {digits!r}")
+            else:
+                neighbour[country] = digits
+
+    ts = r.section(doc, "thresholds", {"challenge", "voicemail", "block"})
+    td = d.thresholds
+    thresholds = Thresholds(
+        challenge=r.get(ts, "challenge", float, td.challenge),
+        voicemail=r.get(ts, "voicemail", float, td.voicemail),
+        block=r.get(ts, "block", float, td.block),
+    )
+    if not thresholds.challenge <= thresholds.voicemail <= thresholds.block:
+        problems.append(f"{ts.where()}: thresholds must satisfy challenge <= voicemail <= block")
+
+    ps = r.section(doc, "reputation", set(Reputation.__dataclass_fields__))
+    pd = d.reputation
+    reputation = Reputation(
+        half_life_days=r.get(ps, "half_life_days", float, pd.half_life_days,
+                             _positive("half_life_days")),
+        report_weight=r.get(ps, "report_weight", float, pd.report_weight),
+        admin_report_weight=r.get(ps, "admin_report_weight", float, pd.admin_report_weight),
+        challenge_fail_weight=r.get(ps, "challenge_fail_weight", float, pd.challenge_fail_weight),
+        abandon_weight=r.get(ps, "abandon_weight", float, pd.abandon_weight),
+        pass_weight=r.get(ps, "pass_weight", float, pd.pass_weight),
+        record_ttl_days=r.get(ps, "record_ttl_days", int, pd.record_ttl_days,
+                              _positive("record_ttl_days")),
+        velocity_window_minutes=r.get(ps, "velocity_window_minutes", int,
+                                      pd.velocity_window_minutes,
+                                      _positive("velocity_window_minutes")),
+        recent_calls_kept=r.get(ps, "recent_calls_kept", int, pd.recent_calls_kept,
+                                _positive("recent_calls_kept")),
+        recent_ttl_days=r.get(ps, "recent_ttl_days", int, pd.recent_ttl_days,
+                              _positive("recent_ttl_days")),
+    )
+
+    cs = r.section(doc, "challenge", set(ChallengeConfig.__dataclass_fields__))
+    cd = d.challenge
+    challenge = ChallengeConfig(
+        digits=r.get(cs, "digits", int, cd.digits,
+                     lambda v: None if 1 <= v <= 8 else f"challenge digits must be 1-8, got {v}"),
+        attempts=r.get(cs, "attempts", int, cd.attempts,
+                       lambda v: None if 1 <= v <= 5 else f"attempts must be 1-5, got {v}"),
+        timeout_ms=r.get(cs, "timeout_ms", int, cd.timeout_ms,
+                         lambda v: None if 1000 <= v <= 30000
+                         else f"timeout_ms must be 1000-30000, got {v}"),
+        on_fail=r.get(cs, "on_fail", str, cd.on_fail,
+                      _one_of("on_fail", ("voicemail", "block", "allow"))),
+        trust_days=r.get(cs, "trust_days", int, cd.trust_days, _positive("trust_days")),
+        language=r.get(cs, "language", str, cd.language),
+    )
+
+    hs = r.section(doc, "holidays", {"country", "subdivision"})
+    holidays_cfg = HolidayConfig(
+        country=r.get(hs, "country", str, "", lambda v: None if not v else _region(v)),
+        subdivision=r.get(hs, "subdivision", str, ""),
+    )
+
+    ls = r.section(doc, "logging", {"level", "target"})
+    logging_cfg = LoggingConfig(
+        level=r.get(ls, "level", str, "INFO", _one_of("logging level", _LOG_LEVELS)),
+        target=r.get(ls, "target", str, "stderr"),
+    )
+
+    cfg = Config(
+        redis=redis_cfg,
+        region=region,
+        timezone=timezone,
+        language=language,
+        lines=tuple(lines),
+        rules_dir=rules_dir,
+        strip_prefixes=tuple(strip),
+        neighbour_digits=neighbour,
+        thresholds=thresholds,
+        reputation=reputation,
+        challenge=challenge,
+        holidays=holidays_cfg,
+        fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
+        default_action=r.get(doc, "default_action", str, "allow",
+                             _one_of("default_action", ACTIONS)),
+        logging=logging_cfg,
+        sources=sources,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_PATH)
+    return Path(env) if env else DEFAULT_PATH
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Load the main file (if present) and its callscreen.d overrides."""
+    main = config_path(explicit)
+    problems: list[str] = []
+    doc = yamlsrc.empty(str(main))
+    sources: list[str] = []
+    files: list[Path] = []
+    if main.exists():
+        files.append(main)
+    elif explicit:
+        raise ConfigError([f"{main}: no such file"])
+    overrides = main.parent / "callscreen.d"
+    if overrides.is_dir():
+        files.extend(sorted(overrides.glob("*.yaml")))
+    for path in files:
+        display = str(path)
+        try:
+            part = yamlsrc.load_file(path, display)
+        except YamlError as exc:
+            problems.append(str(exc))
+            continue
+        if part is None:
+            continue
+        if not isinstance(part, SourceDict):
+            problems.append(f"{display}:1: the file must be a mapping of settings")
+            continue
+        doc = yamlsrc.merge(doc, part)
+        sources.append(display)
+    if problems:
+        raise ConfigError(problems)
+    return build(doc, main.parent, tuple(sources))
+
+
+def load_text(text: str, filename: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate a single YAML text (tests, `config check` of a snippet)."""
+    try:
+        doc = yamlsrc.load_text(text, filename)
+    except YamlError as exc:
+        raise ConfigError([str(exc)]) from None
+    if doc is None:
+        doc = yamlsrc.empty(filename)
+    if not isinstance(doc, SourceDict):
+        raise ConfigError([f"{filename}:1: the file must be a mapping of settings"])
+    return build(doc, base_dir or Path.cwd(), (filename,))
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The merged configuration as plain data (for `config check`)."""
+    return {
+        "redis": vars_of(cfg.redis),
+        "region": cfg.region,
+        "timezone": cfg.timezone,
+        "language": cfg.language,
+        "lines": [
+            {"number": ln.did, "name": ln.name, "timezone": ln.timezone, "language": ln.language}
+            for ln in cfg.lines
+        ],
+        "rules_dir": str(cfg.rules_dir),
+        "numbers": {
+            "strip_prefixes": list(cfg.strip_prefixes),
+            "neighbour_digits": dict(cfg.neighbour_digits),
+        },
+        "thresholds": vars_of(cfg.thresholds),
+        "reputation": vars_of(cfg.reputation),
+        "challenge": vars_of(cfg.challenge),
+        "holidays": vars_of(cfg.holidays),
+        "fail_mode": cfg.fail_mode,
+        "default_action": cfg.default_action,
+        "logging": vars_of(cfg.logging),
+    }
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -1,0 +1,105 @@
+"""The screening engine: raw call data in, verdict out, outcome recorded after.
+
+This is the one place that strings the rooms together (numbers -> store -> screen), so the CLI's
+``check`` and the AGI handlers run exactly the same code. Deciding never writes; recording is a
+separate step that the caller runs after acting on the verdict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+from callscreen import numbers
+from callscreen.config import Config, Line
+from callscreen.rules import RuleSet
+from callscreen.screen import Call, Verdict, decide
+from callscreen.store import Store, StoreFacts, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class UnknownLine(ValueError):
+    """The called number is not one of our lines."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    call: Call
+    facts: StoreFacts | None
+    verdict: Verdict
+    store_error: str | None = None
+
+
+class Engine:
+    def __init__(self, cfg: Config, ruleset: RuleSet, store: Store | None):
+        self.cfg = cfg
+        self.ruleset = ruleset
+        self.store = store
+
+    def resolve_line(self, called: str | None, *, strict: bool) -> Line | None:
+        """Map the called number (any notation) to one of our lines.
+
+        strict: an unknown DID is an error (CLI); otherwise it is screened without line facts.
+        With no lines configured, any valid called number acts as an ad-hoc line.
+        """
+        if not called:
+            return None
+        facts = numbers.normalise(called, self.cfg.region, strip_prefixes=self.cfg.strip_prefixes)
+        line = self.cfg.line_for(facts.e164)
+        if line is not None:
+            return line
+        if not self.cfg.lines and facts.e164 and facts.possible:
+            return Line(facts.e164, facts.e164, self.cfg.timezone, self.cfg.language, facts)
+        if strict:
+            known = ", ".join(ln.did for ln in self.cfg.lines) or "none"
+            raise UnknownLine(f"'{called}' is not one of our lines (configured: {known})")
+        return None
+
+    def make_call(
+        self,
+        raw_caller: str | None,
+        line: Line | None,
+        at: dt.datetime | None = None,
+        attestation: str = "unknown",
+        callingpres: str | None = None,
+    ) -> Call:
+        caller = numbers.normalise(
+            raw_caller, self.cfg.region, callingpres=callingpres,
+            strip_prefixes=self.cfg.strip_prefixes,
+        )
+        when = at or dt.datetime.now(dt.UTC)
+        return Call(caller=caller, line=line, at=when, attestation=attestation)
+
+    def decide(self, call: Call) -> Decision:
+        facts: StoreFacts | None = None
+        error = None
+        if self.store is None:
+            error = "no store configured"
+        else:
+            try:
+                facts = self.store.facts(
+                    call.caller.e164, call.line.did if call.line else None, call.at.timestamp()
+                )
+            except StoreUnavailable as exc:
+                error = str(exc)
+                log.warning("store unavailable, deciding by fail mode: %s", exc)
+        verdict = decide(call, facts, self.ruleset, self.cfg)
+        return Decision(call, facts, verdict, error)
+
+    def record(self, decision: Decision) -> bool:
+        """Count the call and index it; never raises (a failed write must not touch the call)."""
+        if self.store is None:
+            return False
+        call, verdict = decision.call, decision.verdict
+        try:
+            self.store.record_call(
+                call.caller.e164, call.line.did if call.line else None,
+                call.at.timestamp() if call.at else time.time(), verdict.action, verdict.reason,
+            )
+        except Exception as exc:  # noqa: BLE001 - recording is best effort on the call path
+            log.warning("could not record call from %s: %s", call.caller.display, exc)
+            return False
+        return True
