@@ -22,8 +22,8 @@ import phonenumbers
 import redis
 import yaml
 
+from callscreen import __version__, numbers, rules
 from callscreen import config as config_mod
-from callscreen import numbers, rules
 from callscreen.config import Config, ConfigError, Line
 from callscreen.engine import Engine, UnknownLine
 from callscreen.store import (
@@ -374,6 +374,30 @@ def import_cmd(state: State, source: Any) -> None:
         records.append(record)
     count = store_call(lambda: state.store.import_records(records))
     click.echo(f"imported {count} keys")
+
+
+@main.command()
+@click.option("--bind", metavar="ADDRESS", help="Listen address (default: server.bind, 127.0.0.1).")
+@click.option("--port", type=int, help="Listen port (default: server.port, 4573).")
+@click.pass_obj
+def serve(state: State, bind: str | None, port: int | None) -> None:
+    """Run the FastAGI server (SIGHUP reloads config and rules, SIGTERM drains and stops)."""
+    from callscreen.server import FastAGIServer, load_engine
+
+    cfg = state.cfg  # validates and sets up logging
+    try:
+        engine = load_engine(state.config_path)
+    except rules.RulesError as exc:
+        fail(1, "rules error:\n" + str(exc))
+    server = FastAGIServer(engine, state.config_path, bind=bind, port=port)
+    try:
+        host, bound = server.open()
+    except OSError as exc:
+        fail(1, f"cannot listen on {bind or cfg.server.bind}:{port or cfg.server.port}: {exc}")
+    server.install_signals()
+    log.info("callscreen %s serving %d rules for %d line(s) on %s:%d", __version__,
+             len(engine.ruleset.rules), len(cfg.lines), host, bound)
+    server.serve_forever()
 
 
 @main.group("config")

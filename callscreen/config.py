@@ -8,6 +8,7 @@ Every error names the file and line it comes from. Relative paths are relative t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import zoneinfo
@@ -89,6 +90,21 @@ class ChallengeConfig:
     on_fail: str = "voicemail"
     trust_days: int = 90
     language: str = ""  # empty: follow the channel's language
+    sounds_dir: str = ""  # empty: look in Asterisk's usual sounds directories
+
+
+@dataclass(frozen=True)
+class Features:
+    report_window_minutes: int = 60
+    contact_days: int = 365
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1"
+    port: int = 4573
+    allowed_clients: tuple[str, ...] = ("127.0.0.1", "::1")
+    call_deadline_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,8 @@ class Config:
     reputation: Reputation = Reputation()
     challenge: ChallengeConfig = ChallengeConfig()
     holidays: HolidayConfig = HolidayConfig()
+    features: Features = Features()
+    server: ServerConfig = ServerConfig()
     fail_mode: str = "open"
     default_action: str = "allow"
     logging: LoggingConfig = LoggingConfig()
@@ -208,6 +226,14 @@ def _one_of(name: str, choices: Any) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"{name} '{v}' is not one of {', '.join(choices)}"
 
 
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"'{value}' is not an IP address"
+    return None
+
+
 def _redis_url(value: str) -> str | None:
     if not value.startswith(("redis://", "rediss://", "unix://")):
         return f"redis url '{value}' must start with redis://, rediss:// or unix://"
@@ -224,7 +250,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         {
             "redis", "region", "timezone", "language", "lines", "rules_dir", "numbers",
             "thresholds", "reputation", "challenge", "holidays", "fail_mode", "default_action",
-            "logging",
+            "logging", "features", "server",
         },
     )
 
@@ -362,6 +388,34 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                       _one_of("on_fail", ("voicemail", "block", "allow"))),
         trust_days=r.get(cs, "trust_days", int, cd.trust_days, _positive("trust_days")),
         language=r.get(cs, "language", str, cd.language),
+        sounds_dir=r.get(cs, "sounds_dir", str, cd.sounds_dir),
+    )
+
+    fs = r.section(doc, "features", set(Features.__dataclass_fields__))
+    fd = Features()
+    features = Features(
+        report_window_minutes=r.get(fs, "report_window_minutes", int, fd.report_window_minutes,
+                                    _positive("report_window_minutes")),
+        contact_days=r.get(fs, "contact_days", int, fd.contact_days, _positive("contact_days")),
+    )
+
+    ss = r.section(doc, "server", set(ServerConfig.__dataclass_fields__))
+    sd = ServerConfig()
+    clients_raw = ss.get("allowed_clients")
+    clients = sd.allowed_clients
+    if clients_raw is not None:
+        if not isinstance(clients_raw, list) or not all(_ip(str(c)) is None for c in clients_raw):
+            problems.append(f"{ss.where('allowed_clients')}: allowed_clients must be a list of "
+                            "IP addresses or networks (127.0.0.1, 10.0.0.0/8)")
+        else:
+            clients = tuple(str(c) for c in clients_raw)
+    server = ServerConfig(
+        bind=r.get(ss, "bind", str, sd.bind, _ip),
+        port=r.get(ss, "port", int, sd.port,
+                   lambda v: None if 1 <= v <= 65535 else f"port must be 1-65535, got {v}"),
+        allowed_clients=clients,
+        call_deadline_s=r.get(ss, "call_deadline_s", int, sd.call_deadline_s,
+                              _positive("call_deadline_s")),
     )
 
     hs = r.section(doc, "holidays", {"country", "subdivision"})
@@ -389,6 +443,8 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         reputation=reputation,
         challenge=challenge,
         holidays=holidays_cfg,
+        features=features,
+        server=server,
         fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
         default_action=r.get(doc, "default_action", str, "allow",
                              _one_of("default_action", ACTIONS)),
@@ -473,6 +529,8 @@ def as_dict(cfg: Config) -> dict[str, Any]:
         "reputation": vars_of(cfg.reputation),
         "challenge": vars_of(cfg.challenge),
         "holidays": vars_of(cfg.holidays),
+        "features": vars_of(cfg.features),
+        "server": {**vars_of(cfg.server), "allowed_clients": list(cfg.server.allowed_clients)},
         "fail_mode": cfg.fail_mode,
         "default_action": cfg.default_action,
         "logging": vars_of(cfg.logging),

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import holidays as holidays_lib
 import phonenumbers
 
 from callscreen import numbers, yamlsrc
@@ -106,6 +105,8 @@ class EvalContext:
 
 @functools.lru_cache(maxsize=64)
 def _holiday_table(country: str, subdivision: str, year: int) -> Any:
+    import holidays as holidays_lib  # imported on first use: it is slow to import (process AGI)
+
     try:
         return holidays_lib.country_holidays(country, subdiv=subdivision or None, years=year)
     except (NotImplementedError, KeyError):

@@ -50,7 +50,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from callscreen.config import Config, Reputation
+from callscreen.config import Config, RedisConfig, Reputation
 from callscreen.numbers import is_e164, prefixes_of
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ def client_from_config(cfg: Config) -> redis.Redis:
 class Store:
     def __init__(self, client: redis.Redis, prefix: str, reputation: Reputation):
         self.r = client
+        self.redis_config: RedisConfig | None = None  # what the client was built from, if known
         self.p = prefix
         self.rep = reputation
         self.half_life_s = reputation.half_life_days * 86400
@@ -241,7 +242,9 @@ class Store:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Store:
-        return cls(client_from_config(cfg), cfg.redis.prefix, cfg.reputation)
+        store = cls(client_from_config(cfg), cfg.redis.prefix, cfg.reputation)
+        store.redis_config = cfg.redis
+        return store
 
     # -- key builders: the only place key names exist ------------------------------------------
     def k_record(self, e164: str) -> str:

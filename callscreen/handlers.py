@@ -1,0 +1,306 @@
+"""AGI handlers and the route table, shared by the FastAGI server and the process AGI.
+
+A handler talks to Asterisk through a :class:`Session` and returns an optional *after* job: the
+Redis writes that can wait until Asterisk has its answer (counting the call, recording a challenge
+outcome). The transport runs it once the channel is released, so writes never delay a call.
+
+Channel variables (the public contract with the dialplan, see config/extensions_callscreen.conf):
+SCREEN_ACTION allow|voicemail|block, SCREEN_REASON, SCREEN_RULE, SCREEN_SCORE, SCREEN_NUMBER,
+SCREEN_DEGRADED (1/0); SCREEN_CHALLENGE_CODE while a challenge runs; CALLSCREEN_RESULT for
+feature codes (ok|none|error) and CALLSCREEN_HEALTH for the health route (ok|degraded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from callscreen import challenge, numbers
+from callscreen.agi import AGIDeadline, AGIHangup, AGIProtocolError, Session, Transport
+from callscreen.config import Config, Line
+from callscreen.engine import Decision, Engine
+from callscreen.screen import Verdict
+
+log = logging.getLogger(__name__)
+
+VAR_ACTION = "SCREEN_ACTION"
+VAR_REASON = "SCREEN_REASON"
+VAR_RULE = "SCREEN_RULE"
+VAR_SCORE = "SCREEN_SCORE"
+VAR_NUMBER = "SCREEN_NUMBER"
+VAR_DEGRADED = "SCREEN_DEGRADED"
+VAR_RESULT = "CALLSCREEN_RESULT"
+VAR_HEALTH = "CALLSCREEN_HEALTH"
+SOUND_OK = "auth-thankyou"
+SOUND_NOTHING = "beeperr"
+SOUND_DIRS = (Path("/usr/share/asterisk/sounds"), Path("/var/lib/asterisk/sounds"))
+ATTESTATION_VALUES = {"A": "A", "B": "B", "C": "C", "FAILED": "failed", "FAIL": "failed"}
+
+After = Callable[[], None]
+Handler = Callable[[Session, Engine], After | None]
+
+
+def args_of(session: Session) -> list[str]:
+    """agi_arg_1..N (process AGI receives them in argv too, FastAGI only here)."""
+    out = []
+    for i in range(1, 32):
+        value = session.env.get(f"agi_arg_{i}")
+        if value is None:
+            break
+        out.append(value)
+    return out
+
+
+def route_of(session: Session, fallback: str = "") -> str:
+    """FastAGI: agi_network_script ('screen' from agi://host:port/screen?x=y)."""
+    script = session.env.get("agi_network_script", "") or fallback
+    return script.split("?", 1)[0].strip("/").lower()
+
+
+def sounds_dir(cfg: Config) -> Path | None:
+    if cfg.challenge.sounds_dir:
+        return Path(cfg.challenge.sounds_dir)
+    for candidate in SOUND_DIRS:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def set_verdict(session: Session, verdict: Verdict, action: str, reason: str) -> None:
+    session.set_var(VAR_ACTION, action)
+    session.set_var(VAR_REASON, reason)
+    session.set_var(VAR_RULE, verdict.rule)
+    session.set_var(VAR_SCORE, f"{verdict.score:g}")
+    session.set_var(VAR_NUMBER, verdict.number)
+    session.set_var(VAR_DEGRADED, "1" if verdict.degraded else "0")
+
+
+def screen(session: Session, engine: Engine) -> After | None:
+    env, cfg = session.env, engine.cfg
+    args = args_of(session)
+    called = (args[0] if args else "") or env.get("agi_dnid", "") or env.get("agi_extension", "")
+    line = engine.resolve_line(called, strict=False)
+    attestation = ATTESTATION_VALUES.get((args[1] if len(args) > 1 else "").strip().upper(),
+                                         "unknown")
+    call = engine.make_call(env.get("agi_callerid"), line, attestation=attestation,
+                            callingpres=env.get("agi_callingpres"))
+    decision = engine.decide(call)
+    verdict = decision.verdict
+    action, reason = verdict.action, verdict.reason
+    outcome = None
+    if action == "challenge":
+        language = cfg.challenge.language or env.get("agi_language") or (
+            line.language if line else cfg.language)
+        if language != env.get("agi_language"):
+            session.set_var(challenge.VAR_LANGUAGE, language)
+        result = challenge.run(session, cfg.challenge, language, sounds_dir(cfg))
+        outcome = result.outcome
+        log.info("challenge %s for %s after %d attempt(s)", outcome, call.caller.display,
+                 result.attempts)
+        if outcome == "pass":
+            action, reason = "allow", "challenge-passed"
+        elif outcome == "fail":
+            action, reason = cfg.challenge.on_fail, "challenge-failed"
+        else:
+            return _after(engine, decision, "abandon", "challenge-abandoned", outcome)
+    set_verdict(session, verdict, action, reason)
+    log.info("screened %s -> %s (rule %s, reason %s, score %g%s)", call.caller.display, action,
+             verdict.rule, reason, verdict.score, ", degraded" if verdict.degraded else "")
+    return _after(engine, decision, action, reason, outcome)
+
+
+def _after(engine: Engine, decision: Decision, action: str, reason: str,
+           outcome: str | None) -> After:
+    def job() -> None:
+        final = replace(decision, verdict=replace(decision.verdict, action=action, reason=reason))
+        engine.record(final)
+        call = decision.call
+        if outcome and call.caller.e164 and engine.store is not None:
+            try:
+                engine.store.challenge_outcome(
+                    call.caller.e164, call.line.did if call.line else None, outcome,
+                    call.at.timestamp(), engine.cfg.challenge.trust_days)
+            except Exception as exc:  # noqa: BLE001 - best effort after the call moved on
+                log.warning("could not record challenge %s for %s: %s", outcome,
+                            call.caller.display, exc)
+
+    return job
+
+
+def _feature_line(session: Session, engine: Engine) -> Line | None:
+    """The line a feature code acts for: the first argument, or the only configured line."""
+    args = args_of(session)
+    if args and args[0]:
+        return engine.resolve_line(args[0], strict=False)
+    if len(engine.cfg.lines) == 1:
+        return engine.cfg.lines[0]
+    return None
+
+
+def _last_caller(session: Session, engine: Engine, window_s: float) -> tuple[Line, str] | None:
+    line = _feature_line(session, engine)
+    if line is None or engine.store is None:
+        log.warning("feature code: no line (pass the DID as argument or configure one line)")
+        return None
+    last = engine.store.last_caller(line.did)
+    if last is None:
+        return None
+    ts, number, _action, _reason = last
+    if not numbers.is_e164(number) or time.time() - ts > window_s:
+        return None
+    return line, number
+
+
+def report(session: Session, engine: Engine) -> After | None:
+    """*60: report the last caller received on this line (never a typed number)."""
+    found = _last_caller(session, engine, engine.cfg.features.report_window_minutes * 60)
+    if found is None:
+        _feedback(session, "none")
+        return None
+    line, number = found
+    assert engine.store is not None
+    counted = engine.store.report(number, line.did, time.time())
+    log.info("line %s reported %s (%s)", line.did, number, "counted" if counted else "repeat")
+    _feedback(session, "ok")
+    return None
+
+
+def allow(session: Session, engine: Engine) -> After | None:
+    """*61: put the last caller on this line's allowlist."""
+    found = _last_caller(session, engine, engine.cfg.features.report_window_minutes * 60)
+    if found is None:
+        _feedback(session, "none")
+        return None
+    line, number = found
+    assert engine.store is not None
+    engine.store.list_add("allow", number, line.did, None, "feature-code")
+    log.info("line %s allowed %s", line.did, number)
+    _feedback(session, "ok")
+    return None
+
+
+def learn(session: Session, engine: Engine) -> After | None:
+    """Outbound hook: the dialled number becomes a contact of the line(s)."""
+    args = args_of(session)
+    dialled = args[0] if args else ""
+    facts = numbers.normalise(dialled, engine.cfg.region, strip_prefixes=engine.cfg.strip_prefixes)
+    if facts.e164 is None or not facts.possible:
+        session.set_var(VAR_RESULT, "none")
+        return None
+    line = engine.resolve_line(args[1], strict=False) if len(args) > 1 and args[1] else None
+    lines = [line] if line else list(engine.cfg.lines)
+    session.set_var(VAR_RESULT, "ok" if lines else "none")
+    e164 = facts.e164
+
+    def job() -> None:
+        if engine.store is None:
+            return
+        ttl = engine.cfg.features.contact_days * 86400
+        for target in lines:
+            try:
+                engine.store.add_contact(target.did, e164, time.time(), ttl, "outbound")
+            except Exception as exc:  # noqa: BLE001 - best effort after the call moved on
+                log.warning("could not learn contact %s for %s: %s", e164, target.did, exc)
+
+    return job
+
+
+def health(session: Session, engine: Engine) -> After | None:
+    ok = False
+    if engine.store is not None:
+        try:
+            ok = bool(engine.store.r.ping())
+        except Exception:  # noqa: BLE001 - health reports, never raises
+            ok = False
+    session.set_var(VAR_HEALTH, "ok" if ok else "degraded")
+    return None
+
+
+def _feedback(session: Session, result: str) -> None:
+    session.set_var(VAR_RESULT, result)
+    session.execute("ANSWER")
+    session.play(SOUND_OK if result == "ok" else SOUND_NOTHING)
+
+
+ROUTES: dict[str, Handler] = {
+    "screen": screen,
+    "report": report,
+    "allow": allow,
+    "learn": learn,
+    "health": health,
+}
+
+
+@dataclass
+class Outcome:
+    route: str
+    ok: bool
+    error: str = ""
+    after: After | None = None
+
+
+def dispatch(session: Session, engine: Engine, route: str) -> Outcome:
+    """Run one route; never raises. On a crash the screen route still sets the fail action."""
+    handler = ROUTES.get(route)
+    if handler is None:
+        log.warning("unknown AGI route %r: the call continues", route[:40])
+        return Outcome(route, False, "unknown route")
+    try:
+        return Outcome(route, True, after=handler(session, engine))
+    except AGIHangup as exc:
+        log.info("%s: channel hung up (%s)", route, exc)
+        return Outcome(route, False, "hangup")
+    except (AGIDeadline, AGIProtocolError) as exc:
+        log.warning("%s: AGI problem: %s", route, exc)
+        return Outcome(route, False, str(exc))
+    except Exception as exc:
+        log.exception("%s handler crashed", route)
+        if route == "screen":
+            _fail_safe(session, engine.cfg)
+        return Outcome(route, False, f"crash: {type(exc).__name__}")
+
+
+def _fail_safe(session: Session, cfg: Config) -> None:
+    """After a crash, still hand the dialplan a verdict (the fail mode), if the channel is up."""
+    try:
+        session.set_var(VAR_ACTION, "allow" if cfg.fail_action == "challenge" else cfg.fail_action)
+        session.set_var(VAR_REASON, "error")
+        session.set_var(VAR_RULE, "fail-mode")
+        session.set_var(VAR_DEGRADED, "1")
+    except Exception:  # noqa: BLE001 - the dialplan default covers us
+        log.warning("could not set the fail-safe verdict; the dialplan default applies")
+
+
+def deadline_for(cfg: Config, route: str) -> float:
+    """Seconds a call may stay in a route: the base budget, plus the challenge's own for screen."""
+    base = float(cfg.server.call_deadline_s)
+    if route != "screen":
+        return base
+    c = cfg.challenge
+    # Per attempt: intro/retry prompt (~5 s) + code (~1 s a digit) + the digit timeout.
+    return base + c.attempts * (8 + c.digits + c.timeout_ms / 1000) + 5
+
+
+def run(transport: Transport, engine_of: Callable[[], Engine], route_hint: str = "") -> Outcome:
+    """One AGI connection from start to end, whatever the transport. Never raises."""
+    started = time.monotonic()
+    try:
+        session = Session(transport, deadline_s=60.0)
+    except (AGIHangup, AGIDeadline, AGIProtocolError) as exc:
+        log.warning("AGI session not started: %s", exc)
+        transport.close()
+        return Outcome("", False, str(exc))
+    engine = engine_of()  # taken once: a reload during the call does not change its rules
+    route = route_of(session, route_hint)
+    session.deadline = started + deadline_for(engine.cfg, route)
+    outcome = dispatch(session, engine, route)
+    transport.close()  # release the channel before the writes that can wait
+    if outcome.after is not None:
+        try:
+            outcome.after()
+        except Exception:
+            log.exception("%s: after-call job failed", route)
+    return outcome
