@@ -462,7 +462,11 @@ def _any(tests: list[Test]) -> Test:
 def _not(inner: Test) -> Test:
     def test(ctx: EvalContext) -> Result:
         matched, why = inner(ctx)
-        return (None if matched is None else not matched), f"not({why})"
+        # The inner explanation already states the fact ("outside 10:00-13:00"); only say when
+        # a match of the inner condition is what made the negation fail.
+        if matched is None:
+            return None, why
+        return (not matched), (why if not matched else f"excluded by: {why}")
 
     return test
 
