@@ -6,6 +6,7 @@
 #   sudo ./install.sh --uninstall  undo the above (keeps /etc/callscreen and the Redis data)
 #   ./install.sh --dev             developer setup: .venv with test tools, redis-server, and (as
 #                                  root) mmdebstrap for the Asterisk sandbox tests
+#   ./install.sh --prompts DIR     only generate the en/fr prompts into a sounds directory
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -264,7 +265,8 @@ uninstall() {
 case "${1:-}" in
     --dev) dev_install ;;
     --uninstall) uninstall ;;
+    --prompts) [ -n "${2:-}" ] || die "--prompts needs Asterisk's sounds directory"; make_prompts "$2" ;;
     ""|--prod) prod_install ;;
-    -h|--help) sed -n '2,9p' "$0" ;;
+    -h|--help) sed -n '2,10p' "$0" ;;
     *) die "unknown option $1 (try --help)" ;;
 esac
