@@ -400,6 +400,17 @@ def serve(state: State, bind: str | None, port: int | None) -> None:
     server.serve_forever()
 
 
+@main.command()
+def demo() -> None:
+    """Try callscreen without a PBX: a real Asterisk sandbox, five calls, what happened and why.
+
+    Needs root, mmdebstrap and redis-server, from a source checkout.
+    """
+    from callscreen import demo as demo_mod
+
+    sys.exit(demo_mod.run(click.echo))
+
+
 @main.group("config")
 def config_group() -> None:
     """Configuration tools."""

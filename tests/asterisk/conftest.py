@@ -9,21 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-# The harness is imported by file location rather than as a package (see above); this also works
-# under --import-mode=importlib, which does not put test folders on sys.path.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import sandbox  # noqa: E402
-from sandbox import AsteriskSandbox, SandboxFactory, SandboxUnavailable  # noqa: E402
+from callscreen.sandbox import asterisk as sandbox
+from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import product
 import pytest
 import redis
-from sandbox import AsteriskSandbox, SandboxFactory
 
-from callscreen.server import FastAGIServer, load_engine
+from callscreen.sandbox import product
+from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory
+from callscreen.sandbox.product import DIALPLAN_FILE, Screener
 
 pytestmark = pytest.mark.asterisk
 
 REPO = Path(__file__).resolve().parents[2]
-DIALPLAN_FILE = REPO / "config" / "extensions_callscreen.conf"
 # Fiction numbers only (DESIGN.md).
 DID = "0199000001"
 LINE = "+33199000001"
@@ -46,50 +45,10 @@ exten => _X.,1,Gosub(callscreen-outbound,s,1(${EXTEN}))
 """
 
 
-def config_text(redis_url: str, rules_dir: str, **challenge: Any) -> str:
-    settings = {"timeout_ms": 2500, "attempts": 2, "sounds_dir": "/nonexistent", **challenge}
-    inline = ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
-                       for k, v in settings.items())
-    return (
-        f"redis: {{url: '{redis_url}'}}\n"
-        "region: FR\n"
-        f"rules_dir: {rules_dir}\n"
-        f"lines: [{{number: '{DID}', name: home, timezone: Europe/Paris}}]\n"
-        f"challenge: {{{inline}}}\n"
-        "logging: {level: INFO, target: stderr}\n"
-    )
-
-
 @pytest.fixture(scope="session")
 def chroot_product(asterisk_rootfs: Path) -> Path:
     product.install(asterisk_rootfs)
     return asterisk_rootfs
-
-
-class Screener:
-    """The real FastAGI server in a thread, plus the matching config inside the chroot."""
-
-    def __init__(self, tmp: Path, root: Path, redis_url: str, **challenge: Any):
-        self.config = tmp / "callscreen.yaml"
-        self.config.write_text(config_text(redis_url, str(REPO / "rules"), **challenge))
-        product.write_chroot_config(root, config_text(redis_url, f"{product.SRC}/rules",
-                                                      **challenge))
-        self.server = FastAGIServer(load_engine(self.config), self.config, bind="127.0.0.1",
-                                    port=0)
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> int:
-        _host, port = self.server.open()
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"drain_s": 5},
-                                       daemon=True)
-        self.thread.start()
-        return port
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.server.stop()
-            self.thread.join(10)
-            self.thread = None
 
 
 @pytest.fixture
@@ -97,7 +56,7 @@ def make_screener(tmp_path: Path, chroot_product: Path) -> Iterator[Callable[...
     made: list[Screener] = []
 
     def make(redis_url: str, **challenge: Any) -> Screener:
-        s = Screener(tmp_path, chroot_product, redis_url, **challenge)
+        s = Screener(tmp_path, chroot_product, redis_url, DID, **challenge)
         made.append(s)
         return s
 

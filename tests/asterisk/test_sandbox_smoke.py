@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox import AsteriskSandbox, SandboxFactory, mounts_under, pids_rooted_in
+
+from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory, mounts_under, pids_rooted_in
 
 pytestmark = pytest.mark.asterisk
 

@@ -13,12 +13,16 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import tomllib
 from pathlib import Path
+from typing import Any
+
+from callscreen.server import FastAGIServer, load_engine
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # a source checkout: callscreen/sandbox/..
 VENV = "/opt/callscreen/venv"
 SRC = "/opt/callscreen/src"
 AGI_NAME = "callscreen.agi"
@@ -26,8 +30,15 @@ CHROOT_CONFIG = "/etc/callscreen/callscreen.yaml"
 _CA_IN_CHROOT = "/etc/ssl/certs/host-ca.crt"
 
 
+DIALPLAN_FILE = REPO / "config" / "extensions_callscreen.conf"
+RULES = REPO / "rules"
+
+
 def _dependencies() -> list[str]:
-    with (REPO / "pyproject.toml").open("rb") as fh:
+    pyproject = REPO / "pyproject.toml"
+    if not pyproject.exists():
+        raise RuntimeError("the Asterisk sandbox runs from a callscreen source checkout")
+    with pyproject.open("rb") as fh:
         return list(tomllib.load(fh)["project"]["dependencies"])
 
 
@@ -90,3 +101,44 @@ def write_chroot_config(root: Path, yaml_text: str) -> None:
     path = root / CHROOT_CONFIG.lstrip("/")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml_text)
+
+
+def config_text(redis_url: str, rules_dir: str, did: str, **challenge: Any) -> str:
+    """A callscreen.yaml for sandbox runs: one French line, short challenge timeouts."""
+    settings = {"timeout_ms": 2500, "attempts": 2, "sounds_dir": "/nonexistent", **challenge}
+    inline = ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
+                       for k, v in settings.items())
+    return (
+        f"redis: {{url: '{redis_url}'}}\n"
+        "region: FR\n"
+        f"rules_dir: {rules_dir}\n"
+        f"lines: [{{number: '{did}', name: home, timezone: Europe/Paris}}]\n"
+        f"challenge: {{{inline}}}\n"
+        "logging: {level: INFO, target: stderr}\n"
+    )
+
+
+class Screener:
+    """The real FastAGI server in a thread, plus the same config inside the chroot (for the
+    process AGI fallback)."""
+
+    def __init__(self, workdir: Path, root: Path, redis_url: str, did: str, **challenge: Any):
+        self.config = workdir / "callscreen.yaml"
+        self.config.write_text(config_text(redis_url, str(RULES), did, **challenge))
+        write_chroot_config(root, config_text(redis_url, f"{SRC}/rules", did, **challenge))
+        self.server = FastAGIServer(load_engine(self.config), self.config, bind="127.0.0.1",
+                                    port=0)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        _host, port = self.server.open()
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"drain_s": 5},
+                                       daemon=True)
+        self.thread.start()
+        return port
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.server.stop()
+            self.thread.join(10)
+            self.thread = None
