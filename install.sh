@@ -148,6 +148,22 @@ start_service() {
     fi
 }
 
+PIDFILE=/run/callscreen.pid
+
+stop_background() {
+    if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+        kill -TERM "$(cat "$PIDFILE")" && sleep 1
+    fi
+    rm -f "$PIDFILE"
+}
+
+start_background() {
+    # Without systemd (containers, chroots): a plain background daemon with a pid file.
+    stop_background
+    nohup setsid "$PREFIX/venv/bin/callscreen" serve >>/var/log/callscreen.log 2>&1 &
+    echo $! > "$PIDFILE"
+}
+
 prod_install() {
     is_root || die "run as root (sudo ./install.sh), or ./install.sh --dev for a developer setup"
     local redis_was_there=1
@@ -193,7 +209,9 @@ prod_install() {
         install -m 0644 "$HERE/config/extensions_callscreen.conf" "$AST_ETC/extensions_callscreen.conf"
         target="$(dialplan_target)"
         touch "$target"
-        grep -qxF "$INCLUDE_LINE" "$target" || printf '\n%s\n' "$INCLUDE_LINE" >> "$target"
+        # Already included (by us, or by the admin, quoted or not)? Then leave the file alone.
+        grep -qE '^[[:space:]]*#include[[:space:]]+"?extensions_callscreen\.conf"?' "$target" ||
+            printf '\n%s\n' "$INCLUDE_LINE" >> "$target"
 
         sounds="$(sounds_dir)"
         if [ -n "$sounds" ]; then
@@ -229,8 +247,7 @@ EOF
     if systemd_running; then
         systemctl daemon-reload
     fi
-    start_service callscreen bash -c "pkill -f '$PREFIX/venv/bin/callscreen serve' || true;
-        nohup setsid $PREFIX/venv/bin/callscreen serve >/var/log/callscreen.log 2>&1 &"
+    start_service callscreen start_background
 
     if have asterisk && asterisk -rx "core show version" >/dev/null 2>&1; then
         asterisk -rx "dialplan reload" >/dev/null && say "Asterisk dialplan reloaded"
@@ -243,7 +260,7 @@ uninstall() {
     is_root || die "run as root"
     say "removing callscreen (keeping $ETC and the Redis data)"
     if systemd_running; then systemctl disable --now callscreen >/dev/null 2>&1 || true; fi
-    pkill -f "$PREFIX/venv/bin/callscreen serve" 2>/dev/null || true
+    stop_background
     rm -f "$UNIT"
     systemd_running && systemctl daemon-reload || true
     local agi sounds target

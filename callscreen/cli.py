@@ -31,7 +31,7 @@ from callscreen.store import (
     BadKey,
     Store,
     StoreUnavailable,
-    check_key_suffix,
+    check_record,
     json_line,
 )
 
@@ -366,9 +366,7 @@ def import_cmd(state: State, source: Any) -> None:
             continue
         try:
             record = json.loads(text)
-            if not isinstance(record, dict) or not {"key", "type", "value"} <= set(record):
-                raise ValueError("needs key, type and value")
-            check_key_suffix(str(record["key"]))
+            check_record(record)
         except (ValueError, BadKey) as exc:
             fail(2, f"{source.name}:{lineno}: {exc}; nothing imported")
         records.append(record)

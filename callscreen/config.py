@@ -323,7 +323,10 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         problems.append(f"{ns.where('strip_prefixes')}: strip_prefixes must be a list")
     else:
         for p in strip_raw:
-            if not str(p).isdigit():
+            if not isinstance(p, str):
+                problems.append(f"{ns.where('strip_prefixes')}: technical prefix {p!r} must be "
+                                "quoted (\"00\"): YAML reads 00 as the number 0")
+            elif not (p.isascii() and p.isdigit()):
                 problems.append(f"{ns.where('strip_prefixes')}: technical prefix '{p}' must be "
                                 "digits only")
             else:
@@ -351,7 +354,10 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         block=r.get(ts, "block", float, td.block),
     )
     if not thresholds.challenge <= thresholds.voicemail <= thresholds.block:
-        problems.append(f"{ts.where()}: thresholds must satisfy challenge <= voicemail <= block")
+        set_at = ", ".join(f"{k} {getattr(thresholds, k):g} at {ts.where(k)}"
+                           for k in ("challenge", "voicemail", "block") if k in ts)
+        problems.append(f"{ts.where()}: thresholds must satisfy challenge <= voicemail <= block"
+                        f" ({set_at})")
 
     ps = r.section(doc, "reputation", set(Reputation.__dataclass_fields__))
     pd = d.reputation

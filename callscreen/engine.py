@@ -51,6 +51,14 @@ class Engine:
         line = self.cfg.line_for(facts.e164)
         if line is not None:
             return line
+        # A national DID of a line in another country (a US line on a French PBX).
+        for country in {ln.country for ln in self.cfg.lines if ln.country != self.cfg.region}:
+            if country is None:
+                continue
+            other = numbers.normalise(called, country, strip_prefixes=self.cfg.strip_prefixes)
+            line = self.cfg.line_for(other.e164)
+            if line is not None:
+                return line
         if not self.cfg.lines and facts.e164 and facts.possible:
             return Line(facts.e164, facts.e164, self.cfg.timezone, self.cfg.language, facts)
         if strict:
@@ -66,8 +74,10 @@ class Engine:
         attestation: str = "unknown",
         callingpres: str | None = None,
     ) -> Call:
+        # A trunk delivering calls to a line sends national numbers of the line's country.
+        region = (line.country if line is not None else None) or self.cfg.region
         caller = numbers.normalise(
-            raw_caller, self.cfg.region, callingpres=callingpres,
+            raw_caller, region, callingpres=callingpres,
             strip_prefixes=self.cfg.strip_prefixes,
         )
         when = at or dt.datetime.now(dt.UTC)

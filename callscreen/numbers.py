@@ -78,7 +78,7 @@ _TYPE_NAMES = {
 }
 NUMBER_TYPES = frozenset(_TYPE_NAMES.values())
 
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_E164 = re.compile(r"\A\+[1-9][0-9]{1,14}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ def presentation_withheld(callingpres: str | None) -> bool:
     if not callingpres:
         return False
     value = callingpres.strip().lower()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         bits = int(value) & _PRES_MASK
         return bits in (_PRES_RESTRICTED, _PRES_UNAVAILABLE)
     return value.startswith(_PRES_WORDS_WITHHELD)

@@ -207,7 +207,9 @@ def _score_below(value: Any) -> Test:
 def _prefix(value: Any) -> Test:
     prefixes = _str_list(value, "prefix")
     for p in prefixes:
-        if not (p.startswith("+") and p[1:].isdigit() and 1 <= len(p) - 1 <= 15):
+        body = p[1:]
+        if not (p.startswith("+") and body.isascii() and body.isdigit()
+                and 1 <= len(body) <= 15 and body[0] != "0"):
             raise _Bad(f"prefix '{p}' must be an E.164 prefix like +33162 (a '+' and digits)")
     ordered = tuple(sorted(prefixes, key=len, reverse=True))
 

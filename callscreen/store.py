@@ -174,7 +174,7 @@ if applied == 1 then s = s + delta end
 if s < 0 then s = 0 end
 redis.call('HSET', rec, 's', string.format('%.4f', s), 'st', ARGV[1], 'ls', ARGV[1])
 redis.call('HSETNX', rec, 'fs', ARGV[1])
-if field ~= '' then redis.call('HINCRBY', rec, field, 1) end
+if field ~= '' and applied == 1 then redis.call('HINCRBY', rec, field, 1) end
 redis.call('EXPIRE', rec, ttl)
 return {applied, string.format('%.4f', s)}
 """
@@ -215,16 +215,19 @@ return 1
 def client_from_config(cfg: Config) -> redis.Redis:
     """A pooled client with call-path timeouts and no retries (redis-py would retry 3x)."""
     rc = cfg.redis
-    return redis.Redis.from_url(
+    # Blocking pool: past max_connections a call waits (at most the connect timeout) for a free
+    # connection instead of failing at once with MaxConnectionsError.
+    pool = redis.BlockingConnectionPool.from_url(
         rc.url,
+        max_connections=rc.max_connections,
+        timeout=rc.connect_timeout_ms / 1000,
         socket_timeout=rc.socket_timeout_ms / 1000,
         socket_connect_timeout=rc.connect_timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
         health_check_interval=0,
-        max_connections=rc.max_connections,
         decode_responses=True,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class Store:
@@ -501,7 +504,12 @@ class Store:
                    "ttl_ms": ttl if ttl and ttl > 0 else None, "value": value}
 
     def import_records(self, records: Iterable[dict[str, Any]]) -> int:
-        """Restore what export() wrote, replacing keys of the same name. Returns keys written."""
+        """Restore what export() wrote, replacing keys of the same name. Returns keys written.
+
+        Every record is checked before the first write: a bad one raises and writes nothing."""
+        records = list(records)
+        for rec in records:
+            check_record(rec)
         written = 0
         pipe = self.r.pipeline(transaction=False)
         for rec in records:
@@ -555,6 +563,27 @@ def check_key_suffix(suffix: str) -> str:
     if not ok:
         raise BadKey(f"not a callscreen key: {suffix[:60]!r}")
     return suffix
+
+
+_VALUE_SHAPES = {"hash": dict, "set": list, "list": list, "zset": list, "string": str}
+
+
+def check_record(rec: Any) -> None:
+    """An export record: our key shape, a known type, and a non-empty value of that type."""
+    if not isinstance(rec, dict) or not {"key", "type", "value"} <= set(rec):
+        raise ValueError("needs key, type and value")
+    check_key_suffix(str(rec["key"]))
+    kind, value, ttl = rec["type"], rec["value"], rec.get("ttl_ms")
+    if kind not in _VALUE_SHAPES:
+        raise ValueError(f"unknown type {kind!r}")
+    if not isinstance(value, _VALUE_SHAPES[kind]) or (kind != "string" and not value):
+        raise ValueError(f"a {kind} needs a non-empty {_VALUE_SHAPES[kind].__name__} value")
+    if kind == "zset" and not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[1], int | float) for p in value
+    ):
+        raise ValueError("a zset value is a list of [member, score]")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError(f"ttl_ms must be a positive integer or null, got {ttl!r}")
 
 
 def json_line(record: dict[str, Any]) -> str:
