@@ -114,7 +114,7 @@ def config_text(redis_url: str, rules_dir: str, did: str, **challenge: Any) -> s
         f"rules_dir: {rules_dir}\n"
         f"lines: [{{number: '{did}', name: home, timezone: Europe/Paris}}]\n"
         f"challenge: {{{inline}}}\n"
-        "logging: {level: INFO, target: stderr}\n"
+        "logging: {level: WARNING, target: stderr}\n"
     )
 
 
