@@ -296,11 +296,15 @@ def report(state: State, number: str, line: str | None) -> None:
     engine = Engine(cfg, rules.RuleSet((), ()), None)
     line_obj = line_arg(engine, line) if line else None
     reporter = line_obj.did if line_obj else ADMIN
-    counted = store_call(lambda: state.store.report(e164, reporter, time.time()))
+    counted, why = store_call(lambda: state.store.vote(e164, reporter, time.time()))
     score = store_call(lambda: state.store.facts(e164, None, time.time())).record.score
-    click.echo(f"reported {e164} as {reporter}: " +
-               ("counted" if counted else "already reported by this reporter, not counted again")
-               + f"; score now {score:g}")
+    if counted:
+        outcome = "counted"
+    elif why == "repeat":
+        outcome = "already reported by this reporter, not counted again"
+    else:
+        outcome = "not counted: this reporter's hourly limit is reached"
+    click.echo(f"reported {e164} as {reporter}: {outcome}; score now {score:g}")
 
 
 @main.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,44 @@ class Reputation:
     velocity_window_minutes: int = 60
     recent_calls_kept: int = 50
     recent_ttl_days: int = 7
+    vote_window_days: int = 30
+    reporter_rate_per_hour: int = 20
+    weight_attestation_c: float = 0.5
+    weight_failed_verification: float = 0.25
+    spoofed_days: int = 30
+
+
+@dataclass(frozen=True)
+class StormConfig:
+    window_minutes: int = 60
+    min_callers: int = 6
+    factor: float = 3.0
+    baseline_days: int = 7
+    quiet_minutes: int = 30
+    max_hours: int = 24
+    press1: str = "allow"
+    evidence_days: int = 90
+    notify_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Learning:
+    greylist_minutes: int = 0
+    neighbour_burst_window_minutes: int = 60
+
+
+# Emergency numbers per region (dialled from our phones): after one, every call rings for a while.
+EMERGENCY_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "FR": ("15", "17", "18", "112", "114", "115", "119", "191", "196", "197"),
+    "US": ("911", "112"), "CA": ("911", "112"), "GB": ("999", "112"), "IE": ("999", "112"),
+    "AU": ("000", "112"), "NZ": ("111", "112"), "DEFAULT": ("112",),
+}
+
+
+@dataclass(frozen=True)
+class Emergency:
+    minutes: int = 120
+    numbers: tuple[str, ...] = ()  # empty: EMERGENCY_DEFAULTS of the region
 
 
 @dataclass(frozen=True)
@@ -135,6 +174,10 @@ class Config:
     holidays: HolidayConfig = HolidayConfig()
     features: Features = Features()
     server: ServerConfig = ServerConfig()
+    storm: StormConfig = StormConfig()
+    learning: Learning = Learning()
+    emergency: Emergency = Emergency()
+    pbx_id: str = "local"
     fail_mode: str = "open"
     default_action: str = "allow"
     logging: LoggingConfig = LoggingConfig()
@@ -145,6 +188,11 @@ class Config:
             if line.did == did:
                 return line
         return None
+
+    @property
+    def emergency_numbers(self) -> tuple[str, ...]:
+        return self.emergency.numbers or EMERGENCY_DEFAULTS.get(
+            self.region, EMERGENCY_DEFAULTS["DEFAULT"])
 
     @property
     def fail_action(self) -> str:
@@ -226,6 +274,10 @@ def _one_of(name: str, choices: Any) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"{name} '{v}' is not one of {', '.join(choices)}"
 
 
+def _fraction(name: str) -> Callable[[Any], str | None]:
+    return lambda v: None if 0 <= v <= 1 else f"{name} must be between 0 and 1, got {v}"
+
+
 def _ip(value: str) -> str | None:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -250,7 +302,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         {
             "redis", "region", "timezone", "language", "lines", "rules_dir", "numbers",
             "thresholds", "reputation", "challenge", "holidays", "fail_mode", "default_action",
-            "logging", "features", "server",
+            "logging", "features", "server", "storm", "learning", "emergency", "pbx_id",
         },
     )
 
@@ -378,6 +430,70 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                                 _positive("recent_calls_kept")),
         recent_ttl_days=r.get(ps, "recent_ttl_days", int, pd.recent_ttl_days,
                               _positive("recent_ttl_days")),
+        vote_window_days=r.get(ps, "vote_window_days", int, pd.vote_window_days,
+                               _positive("vote_window_days")),
+        reporter_rate_per_hour=r.get(ps, "reporter_rate_per_hour", int,
+                                     pd.reporter_rate_per_hour,
+                                     _positive("reporter_rate_per_hour")),
+        weight_attestation_c=r.get(ps, "weight_attestation_c", float, pd.weight_attestation_c,
+                                   _fraction("weight_attestation_c")),
+        weight_failed_verification=r.get(ps, "weight_failed_verification", float,
+                                         pd.weight_failed_verification,
+                                         _fraction("weight_failed_verification")),
+        spoofed_days=r.get(ps, "spoofed_days", int, pd.spoofed_days, _positive("spoofed_days")),
+    )
+
+    sts = r.section(doc, "storm", set(StormConfig.__dataclass_fields__))
+    sdf = StormConfig()
+    command_raw = sts.get("notify_command")
+    command: tuple[str, ...] = ()
+    if command_raw is not None:
+        if not isinstance(command_raw, list) or not all(isinstance(c, str) for c in command_raw):
+            problems.append(f"{sts.where('notify_command')}: notify_command is a list of "
+                            "strings (program and arguments, no shell)")
+        else:
+            command = tuple(command_raw)
+    storm = StormConfig(
+        window_minutes=r.get(sts, "window_minutes", int, sdf.window_minutes,
+                             _positive("window_minutes")),
+        min_callers=r.get(sts, "min_callers", int, sdf.min_callers,
+                          lambda v: None if v >= 2 else f"min_callers must be >= 2, got {v}"),
+        factor=r.get(sts, "factor", float, sdf.factor,
+                     lambda v: None if v >= 1 else f"factor must be >= 1, got {v}"),
+        baseline_days=r.get(sts, "baseline_days", int, sdf.baseline_days,
+                            _positive("baseline_days")),
+        quiet_minutes=r.get(sts, "quiet_minutes", int, sdf.quiet_minutes,
+                            _positive("quiet_minutes")),
+        max_hours=r.get(sts, "max_hours", int, sdf.max_hours, _positive("max_hours")),
+        press1=r.get(sts, "press1", str, sdf.press1, _one_of("press1", ("allow", "voicemail"))),
+        evidence_days=r.get(sts, "evidence_days", int, sdf.evidence_days,
+                            _positive("evidence_days")),
+        notify_command=command,
+    )
+
+    les = r.section(doc, "learning", set(Learning.__dataclass_fields__))
+    ldf = Learning()
+    learning = Learning(
+        greylist_minutes=r.get(les, "greylist_minutes", int, ldf.greylist_minutes,
+                               lambda v: None if v >= 0 else "greylist_minutes must be >= 0"),
+        neighbour_burst_window_minutes=r.get(les, "neighbour_burst_window_minutes", int,
+                                             ldf.neighbour_burst_window_minutes,
+                                             _positive("neighbour_burst_window_minutes")),
+    )
+
+    ems = r.section(doc, "emergency", set(Emergency.__dataclass_fields__))
+    numbers_raw = ems.get("numbers")
+    em_numbers: tuple[str, ...] = ()
+    if numbers_raw is not None:
+        if not isinstance(numbers_raw, list) or not all(
+                isinstance(n, str) and n.isascii() and n.isdigit() for n in numbers_raw):
+            problems.append(f"{ems.where('numbers')}: emergency numbers are a list of quoted "
+                            "digit strings, e.g. [\"112\", \"15\"]")
+        else:
+            em_numbers = tuple(numbers_raw)
+    emergency = Emergency(
+        minutes=r.get(ems, "minutes", int, Emergency().minutes, _positive("minutes")),
+        numbers=em_numbers,
     )
 
     cs = r.section(doc, "challenge", set(ChallengeConfig.__dataclass_fields__))
@@ -451,6 +567,12 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         holidays=holidays_cfg,
         features=features,
         server=server,
+        storm=storm,
+        learning=learning,
+        emergency=emergency,
+        pbx_id=r.get(doc, "pbx_id", str, "local",
+                     lambda v: None if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v)
+                     else f"pbx_id '{v}' must be lowercase letters, digits, '-' or '_'"),
         fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
         default_action=r.get(doc, "default_action", str, "allow",
                              _one_of("default_action", ACTIONS)),
@@ -537,6 +659,10 @@ def as_dict(cfg: Config) -> dict[str, Any]:
         "holidays": vars_of(cfg.holidays),
         "features": vars_of(cfg.features),
         "server": {**vars_of(cfg.server), "allowed_clients": list(cfg.server.allowed_clients)},
+        "storm": {**vars_of(cfg.storm), "notify_command": list(cfg.storm.notify_command)},
+        "learning": vars_of(cfg.learning),
+        "emergency": {"minutes": cfg.emergency.minutes, "numbers": list(cfg.emergency.numbers)},
+        "pbx_id": cfg.pbx_id,
         "fail_mode": cfg.fail_mode,
         "default_action": cfg.default_action,
         "logging": vars_of(cfg.logging),

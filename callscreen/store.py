@@ -13,8 +13,34 @@ key                          type    content / expiry
                                      distinct reporters, ``c`` calls, ``p``/``f``/``a`` challenge
                                      passes/fails/abandons, ``fs``/``ls`` first/last seen (epoch
                                      s). TTL ``reputation.record_ttl_days``, renewed on each write.
-``P n:E:r``                  set     who reported ``E`` (line DIDs or ``admin``): one vote each.
+``P n:E:r``                  hash    who reported ``E`` -> time of their last counted vote
+                                     (``pbx/D`` for a line, ``admin``, ``src:NAME`` for an
+                                     import): one vote per reporter per ``vote_window_days``.
                                      Same TTL as the record.
+``P n:E:p``                  set     distinct PBXs that reported ``E`` (``rpb`` in the record).
+``P rl:R``                   string  reports counted for reporter ``R`` this hour (rate limit);
+                                     TTL 1 hour.
+``P rlog:R``                 list    reporter ``R``'s counted votes, newest first:
+                                     ``ts|E|weight`` (for ``callscreen reporter rollback``).
+                                     TTL ``record_ttl_days``.
+``P vl:E``                   zset    distinct lines ``E`` called (member = D, score = last ts)
+                                     within the velocity window; TTL the window.
+``P emergency``              string  set when one of our phones dialled an emergency number;
+                                     while it exists every call rings. TTL ``emergency.minutes``.
+``P l:D:vm``                 hash    callers sent to voicemail on ``D`` -> ts (greylist); TTL
+                                     ``greylist.minutes``.
+``P l:D:unk``                zset    distinct unknown callers of ``D`` (not contacts, not
+                                     trusted, not allowlisted) -> last ts; storm detection
+                                     window. ``P l:D:unkh`` hash hour -> distinct unknown
+                                     callers that hour (the line's baseline), TTL
+                                     ``storm.baseline_days``.
+``P l:D:nb``                 zset    distinct neighbour-prefix callers of ``D`` -> ts (bursts).
+``P l:D:storm``              hash    the line's callback storm while it lasts: ``started``,
+                                     ``last``, ``forced``; TTL ``storm.quiet_minutes`` renewed by
+                                     each unknown caller (a forced storm: ``storm.max_hours``).
+``P l:D:storm:ev``           list    storm evidence, newest first: ``ts|E|heard|outcome``; TTL
+                                     ``storm.evidence_days``. ``P l:D:storm:open`` marks a storm
+                                     whose end was not yet announced.
 ``P allow`` / ``P block``    hash    global lists. Field = ``E`` (exact) or ``+digits*`` (prefix);
                                      value = ``expiry|label`` (expiry epoch s, 0 = never).
 ``P l:D:allow`` / ``:block`` hash    per-line lists, same format.
@@ -41,6 +67,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,7 +77,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from callscreen.config import Config, RedisConfig, Reputation
+from callscreen.config import Config, Learning, RedisConfig, Reputation, StormConfig
 from callscreen.numbers import is_e164, prefixes_of
 
 log = logging.getLogger(__name__)
@@ -81,6 +108,8 @@ class Record:
     abandons: int = 0
     first_seen: float | None = None
     last_seen: float | None = None
+    pbxs: int = 0  # distinct PBXs among the reporters
+    spoofed: bool = False  # someone else is using this number (storm on our line, or admin)
 
     @property
     def history(self) -> bool:
@@ -98,6 +127,11 @@ class StoreFacts:
     contact: bool
     trusted: bool
     velocity: int  # calls from this number to any line within the velocity window
+    lines_called: int = 0  # distinct lines this number called within the velocity window
+    emergency: bool = False  # an emergency call was made from this PBX recently: let all ring
+    storm: bool = False  # the called line is in a callback storm
+    recent_voicemail: bool = False  # sent to voicemail by reputation on this line lately
+    neighbour_burst: int = 0  # distinct neighbour-prefix callers of this line in the window
 
     @property
     def allowlisted(self) -> bool:
@@ -155,34 +189,95 @@ def _parse_expiring(value: str | None, now: float) -> tuple[float, str] | None:
     return expiry, label
 
 
-# Atomic read-modify-write of a reputation record: decay the score to now, apply a delta once per
-# reporter (when one is given), bump a counter, refresh seen times and TTLs.
-_EVENT_LUA = """
-local rec, voters = KEYS[1], KEYS[2]
-local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local field, voter, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local applied = 1
-if voter ~= '' then
-  applied = redis.call('SADD', voters, voter)
-  redis.call('EXPIRE', voters, ttl)
-  if applied == 1 then redis.call('HINCRBY', rec, 'rps', 1) end
+# Decay a record's score to now and add a delta (shared by the scripts below).
+_DECAY_ADD = """
+local function decay_add(rec, now, half, delta)
+  local s = tonumber(redis.call('HGET', rec, 's') or '0')
+  local st = tonumber(redis.call('HGET', rec, 'st') or now)
+  if now > st and s ~= 0 then s = s * 0.5 ^ ((now - st) / half) end
+  s = s + delta
+  if s < 0 then s = 0 end
+  local txt = string.format('%.4f', s)
+  redis.call('HSET', rec, 's', txt, 'st', tostring(now))
+  return txt
 end
-local s = tonumber(redis.call('HGET', rec, 's') or '0')
-local st = tonumber(redis.call('HGET', rec, 'st') or ARGV[1])
-if now > st and s ~= 0 then s = s * 0.5 ^ ((now - st) / half) end
-if applied == 1 then s = s + delta end
-if s < 0 then s = 0 end
-redis.call('HSET', rec, 's', string.format('%.4f', s), 'st', ARGV[1], 'ls', ARGV[1])
-redis.call('HSETNX', rec, 'fs', ARGV[1])
-if field ~= '' and applied == 1 then redis.call('HINCRBY', rec, field, 1) end
-redis.call('EXPIRE', rec, ttl)
-return {applied, string.format('%.4f', s)}
 """
 
-# One incoming call: count it, index it for velocity, remember it as this line's latest caller.
+# A challenge outcome (or any unvoted event): decay, add, count, refresh.
+_EVENT_LUA = _DECAY_ADD + """
+local rec = KEYS[1]
+local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local field, ttl = ARGV[4], tonumber(ARGV[5])
+local score = decay_add(rec, now, half, delta)
+redis.call('HSET', rec, 'ls', ARGV[1])
+redis.call('HSETNX', rec, 'fs', ARGV[1])
+if field ~= '' then redis.call('HINCRBY', rec, field, 1) end
+redis.call('EXPIRE', rec, ttl)
+return {1, score}
+"""
+
+# A report: one vote per reporter per window, a per-reporter hourly rate limit, distinct PBXs,
+# and a log of the reporter's counted votes (for rollback). Returns {counted, why-or-score}.
+_REPORT_LUA = _DECAY_ADD + """
+local rec, voters, pbxs, rate, logk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local voter, ttl, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local pbx, limit, number = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local last = redis.call('HGET', voters, voter)
+if last and now - tonumber(last) < window then return {0, 'repeat'} end
+if limit > 0 then
+  local n = redis.call('INCR', rate)
+  if n == 1 then redis.call('EXPIRE', rate, 3600) end
+  if n > limit then return {0, 'rate-limited'} end
+end
+if not last then redis.call('HINCRBY', rec, 'rps', 1) end
+redis.call('HSET', voters, voter, ARGV[1])
+redis.call('EXPIRE', voters, ttl)
+if pbx ~= '' then
+  if redis.call('SADD', pbxs, pbx) == 1 then redis.call('HINCRBY', rec, 'rpb', 1) end
+  redis.call('EXPIRE', pbxs, ttl)
+end
+local score = decay_add(rec, now, half, delta)
+redis.call('HSET', rec, 'ls', ARGV[1])
+redis.call('HSETNX', rec, 'fs', ARGV[1])
+redis.call('HINCRBY', rec, 'rep', 1)
+redis.call('EXPIRE', rec, ttl)
+if logk ~= '' then
+  redis.call('LPUSH', logk, ARGV[1] .. '|' .. number .. '|' .. ARGV[3])
+  redis.call('LTRIM', logk, 0, 9999)
+  redis.call('EXPIRE', logk, ttl)
+end
+return {1, score}
+"""
+
+# Undo one logged vote: remove what is left of its weight after decay, forget the voter.
+_ROLLBACK_LUA = _DECAY_ADD + """
+local rec, voters = KEYS[1], KEYS[2]
+local now, half, ts, weight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local voter = ARGV[5]
+if redis.call('EXISTS', rec) == 0 then return 0 end
+local left = weight * 0.5 ^ ((now - ts) / half)
+decay_add(rec, now, half, -left)
+if redis.call('HDEL', voters, voter) == 1 then redis.call('HINCRBY', rec, 'rps', -1) end
+local reports = tonumber(redis.call('HGET', rec, 'rep') or '0')
+if reports > 0 then redis.call('HINCRBY', rec, 'rep', -1) end
+return 1
+"""
+
+# One incoming call, after the decision: count it; velocity (calls and distinct lines); the
+# line's recent calls; greylist; neighbour bursts; unknown callers and storm detection.
+# Returns the storm transition for this line: 'started', 'ended' or ''.
 _CALL_LUA = """
-local rec, vel, recent = KEYS[1], KEYS[2], KEYS[3]
+local rec, vel, recent, vl = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local unk, unkh, nb, storm = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local stormopen, vm, linerec = KEYS[9], KEYS[10], KEYS[11]
 local now, ttl, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local line, number = ARGV[8], ARGV[9]
+local unknown, neighbour, greylist = ARGV[10] == '1', ARGV[11] == '1', ARGV[12] == '1'
+local swin, smin, sfactor = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local sbase, squiet, grey_s = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local nbwin, spoof_s, open_ttl = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
 if rec ~= '' then
   redis.call('HINCRBY', rec, 'c', 1)
   redis.call('HSETNX', rec, 'fs', ARGV[1])
@@ -191,13 +286,62 @@ if rec ~= '' then
   redis.call('ZADD', vel, now, ARGV[4])
   redis.call('ZREMRANGEBYSCORE', vel, '-inf', now - window)
   redis.call('EXPIRE', vel, window)
+  if line ~= '' then
+    redis.call('ZADD', vl, now, line)
+    redis.call('ZREMRANGEBYSCORE', vl, '-inf', now - window)
+    redis.call('EXPIRE', vl, window)
+  end
 end
 if recent ~= '' then
   redis.call('LPUSH', recent, ARGV[5])
   redis.call('LTRIM', recent, 0, tonumber(ARGV[6]) - 1)
   redis.call('EXPIRE', recent, tonumber(ARGV[7]))
 end
-return 1
+if line == '' then return '' end
+if greylist and number ~= '' and grey_s > 0 then
+  redis.call('HSET', vm, number, ARGV[1])
+  redis.call('EXPIRE', vm, grey_s)
+end
+if neighbour and number ~= '' then
+  redis.call('ZADD', nb, now, number)
+  redis.call('ZREMRANGEBYSCORE', nb, '-inf', now - nbwin)
+  redis.call('EXPIRE', nb, nbwin)
+end
+local active = redis.call('EXISTS', storm) == 1
+if not active and redis.call('EXISTS', stormopen) == 1 then
+  redis.call('DEL', stormopen)
+  return 'ended'
+end
+if not unknown or number == '' then return '' end
+local hour = math.floor(now / 3600)
+if redis.call('ZADD', unk, now, number) == 1 then redis.call('HINCRBY', unkh, hour, 1) end
+redis.call('ZREMRANGEBYSCORE', unk, '-inf', now - swin)
+redis.call('EXPIRE', unk, swin)
+redis.call('EXPIRE', unkh, sbase)
+if active then
+  redis.call('HSET', storm, 'last', ARGV[1])
+  redis.call('HINCRBY', storm, 'callers', 1)
+  if redis.call('HGET', storm, 'forced') ~= '1' then redis.call('EXPIRE', storm, squiet) end
+  return ''
+end
+local count = redis.call('ZCARD', unk)
+if count < smin then return '' end
+-- The line's usual rate: distinct unknown callers per window over the baseline period, leaving
+-- out the hours of the current window (they are what we are judging).
+local total, recent_from = 0, hour - math.ceil(swin / 3600)
+local buckets = redis.call('HGETALL', unkh)
+for i = 1, #buckets, 2 do
+  local h = tonumber(buckets[i])
+  if h and h <= recent_from and h > hour - sbase / 3600 then total = total + tonumber(buckets[i + 1]) end
+end
+local usual = total / (sbase / 3600) * (swin / 3600)
+if count < sfactor * usual then return '' end
+redis.call('HSET', storm, 'started', ARGV[1], 'last', ARGV[1], 'forced', '0', 'callers', count)
+redis.call('EXPIRE', storm, squiet)
+redis.call('SET', stormopen, ARGV[1], 'EX', open_ttl)
+redis.call('HSET', linerec, 'sp', tostring(now + spoof_s))
+redis.call('EXPIRE', linerec, math.max(ttl, spoof_s))
+return 'started'
 """
 
 # Add an expiring member to a per-line hash and keep the key's TTL >= the latest expiry.
@@ -239,14 +383,23 @@ class Store:
         self.half_life_s = reputation.half_life_days * 86400
         self.record_ttl_s = reputation.record_ttl_days * 86400
         self.window_s = reputation.velocity_window_minutes * 60
+        self.vote_window_s = reputation.vote_window_days * 86400
+        self.storm_cfg = StormConfig()
+        self.learning = Learning()
+        self.pbx_id = "local"
         self._event = client.register_script(_EVENT_LUA)
+        self._report = client.register_script(_REPORT_LUA)
+        self._rollback = client.register_script(_ROLLBACK_LUA)
         self._call = client.register_script(_CALL_LUA)
         self._expiring_add = client.register_script(_EXPIRING_ADD_LUA)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Store:
-        store = cls(client_from_config(cfg), cfg.redis.prefix, cfg.reputation)
+    def from_config(cls, cfg: Config, client: redis.Redis | None = None) -> Store:
+        store = cls(client or client_from_config(cfg), cfg.redis.prefix, cfg.reputation)
         store.redis_config = cfg.redis
+        store.storm_cfg = cfg.storm
+        store.learning = cfg.learning
+        store.pbx_id = cfg.pbx_id
         return store
 
     # -- key builders: the only place key names exist ------------------------------------------
@@ -275,6 +428,27 @@ class Store:
     def k_velocity(self, e164: str) -> str:
         return f"{self.p}v:{check_number(e164)}"
 
+    def k_lines_called(self, e164: str) -> str:
+        return f"{self.p}vl:{check_number(e164)}"
+
+    def k_pbxs(self, e164: str) -> str:
+        return f"{self.p}n:{check_number(e164)}:p"
+
+    def k_rate(self, reporter: str) -> str:
+        return f"{self.p}rl:{check_reporter(reporter)}"
+
+    def k_reporter_log(self, reporter: str) -> str:
+        return f"{self.p}rlog:{check_reporter(reporter)}"
+
+    def k_emergency(self) -> str:
+        return f"{self.p}emergency"
+
+    def k_line(self, line: str, what: str) -> str:
+        """Per-line keys: vm, unk, unkh, nb, storm, storm:ev, storm:open."""
+        if what not in _LINE_KEYS:
+            raise ValueError(f"unknown per-line key {what!r}")
+        return f"{self.p}l:{check_number(line)}:{what}"
+
     # -- the call path ---------------------------------------------------------------------------
     def facts(self, e164: str | None, line: str | None, now: float) -> StoreFacts:
         """Everything Redis knows for one decision, in one round trip."""
@@ -286,23 +460,34 @@ class Store:
         pipe.hmget(self.k_list("allow"), fields)
         pipe.hmget(self.k_list("block"), fields)
         pipe.zcount(self.k_velocity(e164), now - self.window_s, "+inf")
+        pipe.zcount(self.k_lines_called(e164), now - self.window_s, "+inf")
+        pipe.exists(self.k_emergency())
         if line is not None:
             pipe.hmget(self.k_list("allow", line), fields)
             pipe.hmget(self.k_list("block", line), fields)
             pipe.hget(self.k_contacts(line), e164)
             pipe.hget(self.k_trusted(line), e164)
+            pipe.exists(self.k_line(line, "storm"))
+            pipe.hget(self.k_line(line, "vm"), e164)
+            pipe.zcount(self.k_line(line, "nb"),
+                        now - self.learning.neighbour_burst_window_minutes * 60, "+inf")
         try:
             replies = pipe.execute()
         except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        rec_raw, allow_g, block_g, velocity = replies[:4]
+        rec_raw, allow_g, block_g, velocity, lines_called, emergency = replies[:6]
         allow_l = block_l = None
-        contact = trusted = False
+        contact = trusted = storm = recent_vm = False
+        burst = 0
         if line is not None:
-            allow_l = _first_match(fields, replies[4], now)
-            block_l = _first_match(fields, replies[5], now)
-            contact = _parse_expiring(replies[6], now) is not None
-            trusted = _parse_expiring(replies[7], now) is not None
+            allow_l = _first_match(fields, replies[6], now)
+            block_l = _first_match(fields, replies[7], now)
+            contact = _parse_expiring(replies[8], now) is not None
+            trusted = _parse_expiring(replies[9], now) is not None
+            storm = bool(replies[10])
+            grey_s = self.learning.greylist_minutes * 60
+            recent_vm = bool(grey_s and replies[11] and _float(replies[11]) > now - grey_s)
+            burst = int(replies[12])
         return StoreFacts(
             record=self._record(rec_raw, now),
             allow_global=_first_match(fields, allow_g, now),
@@ -312,6 +497,11 @@ class Store:
             contact=contact,
             trusted=trusted,
             velocity=int(velocity),
+            lines_called=int(lines_called),
+            emergency=bool(emergency),
+            storm=storm,
+            recent_voicemail=recent_vm,
+            neighbour_burst=burst,
         )
 
     def _record(self, raw: dict[str, str], now: float) -> Record:
@@ -335,36 +525,130 @@ class Store:
             abandons=int(num("a")),
             first_seen=opt("fs"),
             last_seen=opt("ls"),
+            pbxs=int(num("rpb")),
+            spoofed=num("sp") > now,
         )
 
     def record_call(
-        self, e164: str | None, line: str | None, now: float, action: str, reason: str
-    ) -> None:
-        """After a decision: count the call, velocity index, line's recent-call list."""
-        entry = f"{int(now)}|{e164 or 'anonymous'}|{action}|{sanitise_label(reason)}"
+        self, e164: str | None, line: str | None, now: float, action: str, reason: str,
+        *, unknown: bool = False, neighbour: bool = False, attestation: str = "unknown",
+    ) -> str:
+        """After a decision: count the call and index it (see _CALL_LUA).
+
+        unknown: the caller is not a contact, trusted or allowlisted (storm detection).
+        Returns the line's storm transition: 'started', 'ended' or ''.
+        """
+        entry = (f"{int(now)}|{e164 or 'anonymous'}|{action}|{sanitise_label(reason)}|"
+                 f"{sanitise_label(attestation)[:8]}")
+        greylist = action == "voicemail" and reason in ("reputation", "score")
+        st = self.storm_cfg
+        if line is not None:
+            line_keys = [self.k_line(line, w) for w in ("unk", "unkh", "nb", "storm",
+                                                         "storm:open", "vm")]
+            line_keys.append(self.k_record(line))
+        else:
+            line_keys = [""] * 7
         keys = [
             self.k_record(e164) if e164 else "",
             self.k_velocity(e164) if e164 else "",
             self.k_recent(line) if line else "",
+            self.k_lines_called(e164) if e164 else "",
+            *line_keys,
         ]
         member = f"{now:.6f}:{line or '-'}:{os.urandom(3).hex()}"
-        self._call(
+        result = self._call(
             keys=keys,
             args=[now, self.record_ttl_s, self.window_s, member, entry,
-                  self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400],
+                  self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400,
+                  line or "", e164 or "", int(unknown), int(neighbour), int(greylist),
+                  st.window_minutes * 60, st.min_callers, st.factor, st.baseline_days * 86400,
+                  st.quiet_minutes * 60, self.learning.greylist_minutes * 60,
+                  self.learning.neighbour_burst_window_minutes * 60,
+                  self.rep.spoofed_days * 86400, st.evidence_days * 86400],
         )
+        return str(result or "")
 
     def report(self, e164: str, reporter: str, now: float, weight: float | None = None) -> bool:
-        """One vote per reporter per number; returns False when this reporter already voted."""
-        if reporter != ADMIN:
-            check_number(reporter)
+        """A vote (see vote()); True when it counted."""
+        return self.vote(e164, reporter, now, weight)[0]
+
+    def vote(self, e164: str, reporter: str, now: float, weight: float | None = None,
+             *, rate_limited: bool = True) -> tuple[bool, str]:
+        """A vote: reporter is a line DID, ``admin`` or ``src:NAME`` (an import).
+
+        Returns (counted, why-not-or-score): one vote per reporter per vote window, at most
+        reporter_rate_per_hour votes an hour for a line.
+        """
+        voter, pbx = self.voter_of(reporter)
         if weight is None:
             weight = self.rep.admin_report_weight if reporter == ADMIN else self.rep.report_weight
-        applied, _score = self._event(
-            keys=[self.k_record(e164), self.k_reporters(e164)],
-            args=[now, self.half_life_s, weight, "rep", reporter, self.record_ttl_s],
+        limit = self.rep.reporter_rate_per_hour if rate_limited and pbx else 0
+        counted, detail = self._report(
+            keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
+                  self.k_rate(voter), self.k_reporter_log(voter)],
+            args=[now, self.half_life_s, weight, voter, self.record_ttl_s, self.vote_window_s,
+                  pbx, limit, e164],
         )
-        return bool(int(applied))
+        return bool(int(counted)), str(detail)
+
+    def voter_of(self, reporter: str) -> tuple[str, str]:
+        """(voter id, pbx id): lines vote as 'pbx/+33...', admins and imports as themselves."""
+        if reporter == ADMIN or reporter.startswith("src:"):
+            return check_reporter(reporter), ""
+        return f"{self.pbx_id}/{check_number(reporter)}", self.pbx_id
+
+    def import_reports(self, numbers: Iterable[str], source: str, now: float, weight: float,
+                       batch: int = 1000) -> tuple[int, int]:
+        """Imported entries weigh like one report from `source` (idempotent: one vote each).
+
+        Pipelined; returns (counted, already_there)."""
+        voter = check_reporter(f"src:{source}")
+        counted = repeated = 0
+        pending = 0
+        pipe = self.r.pipeline(transaction=False)
+
+        def flush() -> None:
+            nonlocal counted, repeated, pending
+            for ok, _detail in pipe.execute():
+                if int(ok):
+                    counted += 1
+                else:
+                    repeated += 1
+            pending = 0
+
+        for e164 in numbers:
+            self._report(
+                keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
+                      self.k_rate(voter), ""],
+                args=[now, self.half_life_s, weight, voter, self.record_ttl_s,
+                      self.record_ttl_s, "", 0, e164],
+                client=pipe,
+            )
+            pending += 1
+            if pending >= batch:
+                flush()
+        if pending:
+            flush()
+        return counted, repeated
+
+    def reporter_rollback(self, reporter: str, now: float) -> int:
+        """Undo every logged vote of a reporter (a line, 'admin' or 'src:NAME')."""
+        voter, _pbx = self.voter_of(reporter)
+        log_key = self.k_reporter_log(voter)
+        undone = 0
+        for raw in self.r.lrange(log_key, 0, -1):
+            parts = str(raw).split("|")
+            if len(parts) != 3 or not is_e164(parts[1]):
+                continue
+            try:
+                ts, weight = float(parts[0]), float(parts[2])
+            except ValueError:
+                continue
+            undone += int(self._rollback(
+                keys=[self.k_record(parts[1]), self.k_reporters(parts[1])],
+                args=[now, self.half_life_s, ts, weight, voter]))
+        self.r.delete(log_key)
+        return undone
 
     def challenge_outcome(
         self, e164: str, line: str | None, outcome: str, now: float, trust_days: int
@@ -377,8 +661,8 @@ class Store:
             "abandon": self.rep.abandon_weight,
         }[outcome]
         self._event(
-            keys=[self.k_record(e164), self.k_reporters(e164)],
-            args=[now, self.half_life_s, weight, _OUTCOME_FIELD[outcome], "", self.record_ttl_s],
+            keys=[self.k_record(e164)],
+            args=[now, self.half_life_s, weight, _OUTCOME_FIELD[outcome], self.record_ttl_s],
         )
         if outcome == "pass" and line is not None:
             ttl = trust_days * 86400
@@ -403,13 +687,85 @@ class Store:
     def recent(self, line: str, count: int = 10) -> list[tuple[float, str, str, str]]:
         out = []
         for raw in self.r.lrange(self.k_recent(line), 0, count - 1):
-            parts = str(raw).split("|", 3)
-            if len(parts) == 4:
+            parts = str(raw).split("|")
+            if len(parts) >= 4:
                 try:
                     out.append((float(parts[0]), parts[1], parts[2], parts[3]))
                 except ValueError:
                     continue
         return out
+
+    def recent_attestation(self, line: str, index: int = 0) -> str:
+        """STIR/SHAKEN attestation recorded with a recent call ('unknown' if none)."""
+        raw = self.r.lindex(self.k_recent(line), index)
+        parts = str(raw).split("|") if raw else []
+        return parts[4] if len(parts) >= 5 and parts[4] else "unknown"
+
+    # -- storms, emergencies, spoofed numbers ---------------------------------------------------
+    def storm_state(self, line: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.k_line(line, "storm"))
+        state = {str(k): str(v) for k, v in raw.items()}
+        if state:
+            state["ttl_s"] = str(self.r.ttl(self.k_line(line, "storm")))
+        return state
+
+    def storm_start(self, line: str, now: float) -> None:
+        """Force a storm (admin): lasts storm.max_hours unless stopped."""
+        key = self.k_line(line, "storm")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"started": f"{now:.0f}", "last": f"{now:.0f}", "forced": "1",
+                                "callers": 0})
+        pipe.expire(key, self.storm_cfg.max_hours * 3600)
+        pipe.set(self.k_line(line, "storm:open"), f"{now:.0f}",
+                 ex=self.storm_cfg.evidence_days * 86400)
+        pipe.execute()
+
+    def storm_stop(self, line: str) -> bool:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.k_line(line, "storm"))
+        pipe.delete(self.k_line(line, "storm:open"))
+        pipe.delete(self.k_line(line, "unk"))
+        return bool(pipe.execute()[0])
+
+    def storm_ended(self, line: str) -> bool:
+        """True once, when a storm that was announced has expired (for the end notice)."""
+        if self.r.exists(self.k_line(line, "storm")):
+            return False
+        return bool(self.r.delete(self.k_line(line, "storm:open")))
+
+    def storm_evidence_add(self, line: str, e164: str | None, now: float, heard: str,
+                           outcome: str) -> None:
+        key = self.k_line(line, "storm:ev")
+        entry = f"{now:.0f}|{e164 or 'anonymous'}|{sanitise_label(heard)}|{sanitise_label(outcome)}"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(key, entry)
+        pipe.ltrim(key, 0, 99999)
+        pipe.expire(key, self.storm_cfg.evidence_days * 86400)
+        pipe.execute()
+
+    def storm_evidence(self, line: str) -> list[dict[str, str]]:
+        out = []
+        for raw in reversed(self.r.lrange(self.k_line(line, "storm:ev"), 0, -1)):
+            parts = str(raw).split("|")
+            if len(parts) == 4:
+                out.append({"time": parts[0], "caller": parts[1], "heard": parts[2],
+                            "outcome": parts[3]})
+        return out
+
+    def emergency_start(self, now: float, minutes: int, dialled: str) -> None:
+        self.r.set(self.k_emergency(), f"{now:.0f}|{sanitise_label(dialled)[:8]}",
+                   ex=minutes * 60)
+
+    def set_spoofed(self, e164: str, until: float | None) -> None:
+        """Flag (until a time) or clear (None) a number as used by someone else."""
+        key = self.k_record(e164)
+        if until is None:
+            self.r.hdel(key, "sp")
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, "sp", f"{until:.0f}")
+        pipe.expire(key, max(self.record_ttl_s, int(until - time.time())))
+        pipe.execute()
 
     # -- administration --------------------------------------------------------------------------
     def list_add(
@@ -445,7 +801,7 @@ class Store:
     def show(self, e164: str, line: str | None, now: float) -> dict[str, Any]:
         facts = self.facts(e164, line, now)
         raw = self.r.hgetall(self.k_record(e164))
-        reporters = sorted(self.r.smembers(self.k_reporters(e164)))
+        reporters = sorted(str(v) for v in self.r.hkeys(self.k_reporters(e164)))
         return {
             "number": e164,
             "record": {name: getattr(facts.record, name) for name in Record.__slots__},
@@ -456,19 +812,21 @@ class Store:
             "line_allow": facts.allow_line, "line_block": facts.block_line,
             "contact": facts.contact, "trusted": facts.trusted,
             "velocity": facts.velocity,
+            "lines_called": facts.lines_called,
         }
 
     def forgive(self, e164: str) -> bool:
         """Reset a number's reputation (record, votes, velocity)."""
         return bool(self.r.delete(self.k_record(e164), self.k_reporters(e164),
-                                  self.k_velocity(e164)))
+                                  self.k_velocity(e164), self.k_pbxs(e164),
+                                  self.k_lines_called(e164)))
 
     def stats(self) -> dict[str, int]:
         counts = {"numbers": 0, "lines": 0, "allow_entries": 0, "block_entries": 0}
         lines: set[str] = set()
         for key in self.r.scan_iter(match=f"{_glob(self.p)}*", count=1000):
             rest = key[len(self.p):]
-            if rest.startswith("n:") and not rest.endswith(":r"):
+            if rest.startswith("n:") and rest.count(":") == 1:
                 counts["numbers"] += 1
             elif rest.startswith("l:"):
                 lines.add(rest.split(":")[1])
@@ -537,6 +895,24 @@ class Store:
         return written
 
 
+_LINE_KEYS = ("vm", "unk", "unkh", "nb", "storm", "storm:ev", "storm:open")
+_REPORTER = re.compile(
+    r"\A(admin|src:[a-z0-9][a-z0-9_-]{0,31}|[a-z0-9][a-z0-9_-]{0,31}/\+[1-9][0-9]{1,14})\Z")
+
+
+def check_reporter(value: str) -> str:
+    if not _REPORTER.match(value):
+        raise BadKey(f"not a reporter id: {value[:40]!r}")
+    return value
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _first_match(fields: list[str], values: list[str | None], now: float) -> str | None:
     """Fields are ordered exact number first, then longest prefix first."""
     for entry, value in zip(fields, values, strict=True):
@@ -550,17 +926,20 @@ def _glob(prefix: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix)
 
 
+_E164_RE = r"\+[1-9][0-9]{1,14}"
+_REPORTER_RE = r"(?:admin|src:[a-z0-9][a-z0-9_-]{0,31}|[a-z0-9][a-z0-9_-]{0,31}/" + _E164_RE + ")"
+_LINE_SUFFIXES = "|".join(("allow", "block", "contacts", "trusted", "recent", *_LINE_KEYS))
+_KEY_SHAPES = re.compile(
+    r"\A(?:allow|block|emergency"
+    rf"|n:{_E164_RE}(?::r|:p)?|v:{_E164_RE}|vl:{_E164_RE}"
+    rf"|l:{_E164_RE}:(?:{_LINE_SUFFIXES})"
+    rf"|rl:{_REPORTER_RE}|rlog:{_REPORTER_RE})\Z"
+)
+
+
 def check_key_suffix(suffix: str) -> str:
     """An imported key must have one of our shapes, with numbers where numbers go."""
-    parts = suffix.split(":")
-    ok = False
-    if suffix in LIST_KINDS:
-        ok = True
-    elif parts[0] in ("n", "v") and len(parts) in (2, 3) and is_e164(parts[1]):
-        ok = len(parts) == 2 or (parts[0] == "n" and parts[2] == "r")
-    elif parts[0] == "l" and len(parts) == 3 and is_e164(parts[1]):
-        ok = parts[2] in ("allow", "block", "contacts", "trusted", "recent")
-    if not ok:
+    if not _KEY_SHAPES.match(suffix):
         raise BadKey(f"not a callscreen key: {suffix[:60]!r}")
     return suffix
 

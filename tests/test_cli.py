@@ -232,7 +232,7 @@ def test_report_once_per_reporter_show_and_forgive(run: Any, rdb: redis.Redis) -
     shown = run("show", "0353010203", "--line", LINE)
     data = json.loads(shown.stdout)
     assert data["record"]["reporters"] == 2 and data["record"]["score"] == pytest.approx(65)
-    assert data["reporters"] == ["+33199000001", "admin"]
+    assert data["reporters"] == ["admin", "local/+33199000001"]
     assert data["record_ttl_s"] > 0 and data["line"] == LINE
 
     out = json.loads(run("check", "0353010203", "--to", LINE, "--json").stdout)
@@ -265,15 +265,16 @@ def test_export_import_round_trip(run: Any, rdb: redis.Redis, tmp_path: Path) ->
     run("allow", "0353010204", "--line", LINE)
     dump = tmp_path / "dump.jsonl"
     result = run("export", str(dump))
-    assert result.exit_code == 0 and "exported 4 keys" in result.output
+    # record, reporters, reporting PBXs, the line's rate counter and vote log, 2 lists
+    assert result.exit_code == 0 and "exported 8 keys" in result.output
     lines = dump.read_text().splitlines()
-    assert len(lines) == 4 and all(json.loads(line) for line in lines)
+    assert len(lines) == 8 and all(json.loads(line) for line in lines)
     before = {k: (rdb.type(k), rdb.dump(k)) for k in rdb.keys("*")}
     ttl_before = rdb.ttl("cs:n:+33353010203")
 
     rdb.flushdb()
     result = run("import", str(dump))
-    assert result.exit_code == 0 and "imported 4 keys" in result.output
+    assert result.exit_code == 0 and "imported 8 keys" in result.output
 
     after = {k: (rdb.type(k), rdb.dump(k)) for k in rdb.keys("*")}
     assert after.keys() == before.keys()
@@ -281,7 +282,7 @@ def test_export_import_round_trip(run: Any, rdb: redis.Redis, tmp_path: Path) ->
         assert after[key][0] == before[key][0]
     assert rdb.hgetall("cs:n:+33353010203")["rep"] == "2"
     assert rdb.ttl("cs:n:+33353010203") == pytest.approx(ttl_before, abs=5)
-    assert sorted(rdb.smembers("cs:n:+33353010203:r")) == ["+33199000001", "admin"]
+    assert sorted(rdb.hkeys("cs:n:+33353010203:r")) == ["admin", "local/+33199000001"]
 
 
 def test_export_to_stdout(run: Any) -> None:

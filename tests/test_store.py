@@ -110,8 +110,9 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
 
 def test_decision_is_one_round_trip(proxy_store: tuple[Store, CountingProxy],
                                     rdb: redis.Redis) -> None:
-    """facts() for a caller on a line: one burst over one connection, and exactly the 8 reads
-    expected (record, 2 global + 2 line lists, velocity, contact, trusted) reach the server."""
+    """facts() for a caller on a line: one burst over one connection, and exactly the 13 reads
+    expected (record, 2 global + 2 line lists, velocity, lines called, emergency, contact,
+    trusted, storm, greylist, neighbour burst) reach the server."""
     store, proxy = proxy_store
     store.report(CALLER, "admin", T0)  # warm up: the connection handshake is not a decision
     store.facts(CALLER, LINE_FR, T0)
@@ -131,7 +132,7 @@ def test_decision_is_one_round_trip(proxy_store: tuple[Store, CountingProxy],
     assert facts.record.reports == 1
     delta = {k: stats_after.get(k, 0) - stats_before.get(k, 0) for k in stats_after}
     delta = {k: v for k, v in delta.items() if v and k != "info"}
-    assert delta == {"hgetall": 1, "hmget": 4, "zcount": 1, "hget": 2}
+    assert delta == {"hgetall": 1, "hmget": 4, "zcount": 3, "hget": 3, "exists": 2}
     # every command of the store went over one pooled connection, which Redis still lists
     assert proxy.connections == 1
     assert proxy.upstream_addrs[0] in {c["addr"] for c in rdb.client_list()}
@@ -227,6 +228,8 @@ def test_every_key_written_on_the_call_path_has_a_ttl(store: Store, rdb: redis.R
         store.k_record(CALLER), store.k_reporters(CALLER), store.k_velocity(CALLER),
         store.k_recent(LINE_FR), store.k_recent(LINE_US), store.k_record(OTHER),
         store.k_trusted(LINE_FR), store.k_contacts(LINE_US),
+        store.k_pbxs(CALLER), store.k_lines_called(CALLER),
+        store.k_rate(f"local/{LINE_FR}"), store.k_reporter_log(f"local/{LINE_FR}"),
     }
     for key in keys:
         assert rdb.ttl(key) > 0, key
@@ -370,7 +373,7 @@ def test_forgive_and_stats(store: Store) -> None:
 def test_show(store: Store) -> None:
     store.report(CALLER, LINE_FR, T0)
     data = store.show(CALLER, LINE_FR, T0)
-    assert data["number"] == CALLER and data["reporters"] == [LINE_FR]
+    assert data["number"] == CALLER and data["reporters"] == [f"local/{LINE_FR}"]
     assert data["record"]["reports"] == 1 and data["record_ttl_s"] > 0
     json.dumps(data)
 
@@ -392,12 +395,12 @@ def populate(store: Store) -> None:
 def test_export_flush_import_round_trip(store: Store, rdb: redis.Redis) -> None:
     populate(store)
     before = {rec["key"]: rec for rec in store.export()}
-    assert len(before) == rdb.dbsize() == 10
+    assert len(before) == rdb.dbsize() == 15  # every key callscreen wrote, new shapes included
     types_before = {k: rdb.type(store.p + k) for k in before}
     json.loads(json.dumps(list(before.values())))  # JSON-able
 
     rdb.flushdb()
-    assert store.import_records(json.loads(json.dumps(list(before.values())))) == 10
+    assert store.import_records(json.loads(json.dumps(list(before.values())))) == 15
 
     after = {rec["key"]: rec for rec in store.export()}
     assert after.keys() == before.keys()
@@ -477,7 +480,7 @@ def test_200_concurrent_reports_are_counted_exactly(shared_store: Store, rdb: re
     assert errors == []
     record = shared_store.facts(CALLER, None, T0 + 1).record
     assert (record.reports, record.reporters) == (200, 200)
-    assert rdb.scard(shared_store.k_reporters(CALLER)) == 200
+    assert rdb.hlen(shared_store.k_reporters(CALLER)) == 200
     # the score is exact too (no lost update): 200 x 25, decayed by under a second
     assert record.score == pytest.approx(200 * 25, rel=1e-3)
 
