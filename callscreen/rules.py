@@ -44,7 +44,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _HOURS = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)-([01]?\d|2[0-4]):([0-5]\d)$")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ATTESTATIONS = ("A", "B", "C", "failed", "unknown")
-RULE_KEYS = {"name", "description", "when", "action", "reason", "score", "enabled"}
+RULE_KEYS = {"name", "description", "when", "action", "reason", "score", "enabled", "challenge"}
+CHALLENGE_KINDS = ("digits", "storm")
 
 
 class RulesError(ValueError):
@@ -127,6 +128,7 @@ class Rule:
     reason: str
     score: float
     description: str = ""
+    challenge: str = "digits"  # for action challenge: digits (type the code) | storm
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,10 @@ CONDITIONS: dict[str, Callable[[Any], Test]] = {
     "contact": _store_flag("contact", lambda s: s.contact),
     "trusted": _store_flag("trusted", lambda s: s.trusted),
     "history": _store_flag("history", lambda s: s.record.history),
+    "emergency": _store_flag("emergency", lambda s: s.emergency),
+    "storm": _store_flag("storm", lambda s: s.storm),
+    "spoofed": _store_flag("spoofed", lambda s: s.record.spoofed),
+    "recent_voicemail": _store_flag("recent_voicemail", lambda s: s.recent_voicemail),
     "anonymous": _flag("anonymous", lambda c: c.caller.anonymous),
     "valid": _flag("valid", lambda c: c.caller.valid),
     "possible": _flag("possible", lambda c: c.caller.possible),
@@ -388,6 +394,11 @@ CONDITIONS: dict[str, Callable[[Any], Test]] = {
     "abandons_at_least": _at_least("abandons_at_least", "abandons", lambda s: s.record.abandons),
     "fails_at_least": _at_least("fails_at_least", "fails", lambda s: s.record.fails),
     "velocity_at_least": _at_least("velocity_at_least", "velocity", lambda s: s.velocity),
+    "lines_called_at_least": _at_least("lines_called_at_least", "lines called",
+                                       lambda s: s.lines_called),
+    "pbxs_at_least": _at_least("pbxs_at_least", "reporting PBXs", lambda s: s.record.pbxs),
+    "neighbour_burst_at_least": _at_least("neighbour_burst_at_least", "neighbour-prefix callers",
+                                          lambda s: s.neighbour_burst),
 }
 _COMBINATORS = ("any", "all", "not")
 
@@ -530,6 +541,12 @@ def _parse_rule(
     if not isinstance(reason, str) or not re.match(r"^[a-z0-9_-]{1,40}$", reason or ""):
         problems.append(f"{item.where('reason') if 'reason' in item else where}: reason "
                         f"{reason!r} must be short lowercase letters, digits, '-' or '_'")
+    challenge = item.get("challenge", "digits")
+    if challenge not in CHALLENGE_KINDS:
+        problems.append(f"{item.where('challenge')}: challenge '{challenge}' is not one of "
+                        f"{', '.join(CHALLENGE_KINDS)}")
+    elif "challenge" in item and action != "challenge":
+        problems.append(f"{item.where('challenge')}: 'challenge' goes with action: challenge")
     enabled = item.get("enabled", True)
     if not isinstance(enabled, bool):
         problems.append(f"{item.where('enabled')}: enabled must be true or false")
@@ -551,6 +568,7 @@ def _parse_rule(
         reason=str(reason),
         score=float(score or 0),
         description=str(description),
+        challenge=str(challenge),
     ), problems
 
 

@@ -48,6 +48,7 @@ class Verdict:
     degraded: bool
     trace: tuple[TraceStep, ...] = field(default=())
     number: str = "anonymous"
+    challenge: str = "digits"  # kind of challenge when action == "challenge"
 
 
 def decide(call: Call, facts: StoreFacts | None, ruleset: RuleSet, cfg: Config) -> Verdict:
@@ -65,7 +66,7 @@ def decide(call: Call, facts: StoreFacts | None, ruleset: RuleSet, cfg: Config) 
         if rule.action is not None:
             trace.append(TraceStep(rule.name, True, detail, f"action {rule.action}"))
             return Verdict(rule.action, rule.name, rule.reason, round(score, 2), degraded,
-                           tuple(trace), number)
+                           tuple(trace), number, rule.challenge)
         score += rule.score
         trace.append(TraceStep(rule.name, True, detail, f"score {rule.score:+g}"))
 

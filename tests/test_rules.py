@@ -366,6 +366,6 @@ def test_store_facts_make_store_rules_decide() -> None:
     assert verdict(SHIPPED, store=facts(block_global="+33353*")).rule == "blocklist"
     assert verdict(SHIPPED, store=facts(allow_line="+33353010203")).rule == "allowlist"
     assert verdict(SHIPPED, store=facts(score=60)).rule == "bad-reputation"
-    assert verdict(SHIPPED, store=facts(velocity=5)).rule == "threshold:challenge"
+    assert verdict(SHIPPED, store=facts(lines_called=5)).rule == "threshold:challenge"
     assert verdict(SHIPPED, "0199000002",
                    store=dataclasses.replace(EMPTY_FACTS, record=Record(calls=1))).rule == "default"

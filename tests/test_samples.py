@@ -8,6 +8,7 @@ AND the rule that decided, on the real session Redis.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from callscreen.store import Store
 
 SAMPLES_FILE = Path(__file__).parent / "samples" / "calls.yaml"
 SAMPLE_KEYS = {"name", "caller", "to", "at", "pres", "attestation", "state", "expect", "xfail"}
-STATE_KEYS = {"allow", "block", "contacts", "trusted", "reports", "calls", "velocity"}
+STATE_KEYS = {"allow", "block", "contacts", "trusted", "reports", "calls", "velocity",
+              "emergency", "storm", "spoofed", "neighbour_callers", "voicemailed"}
 
 
 def load_samples() -> list[dict[str, Any]]:
@@ -69,11 +71,24 @@ def set_up_state(store: Store, cfg: Config, state: dict[str, Any], caller: str |
         for i in range(int(state["calls"])):
             store.record_call(caller, line, now - 86400 - i, "allow", "default")
     if state.get("velocity"):
+        # velocity: N calls from the caller to N distinct lines (of this or other PBXs).
         assert caller is not None, "velocity: needs a caller with a number"
-        others = [ln.did for ln in cfg.lines]
         for i in range(int(state["velocity"])):
-            store.record_call(caller, others[i % len(others)], now - 60 * (i + 1), "allow",
+            store.record_call(caller, f"+3346571{i:04d}", now - 60 * (i + 1), "allow",
                               "default")
+    if state.get("emergency"):
+        store.emergency_start(now - 600, cfg.emergency.minutes, "112")
+    if state.get("storm"):
+        store.storm_start(line, now - 600)
+    for number in state.get("spoofed", []):
+        store.set_spoofed(number, now + 86400)
+    for i in range(int(state.get("neighbour_callers", 0))):
+        # distinct callers sharing the line's leading digits (+3319900 for +33199000001)
+        store.record_call(f"+331990099{i:02d}", line, now - 60 * (i + 1), "challenge",
+                          "neighbour", neighbour=True)
+    if state.get("voicemailed"):
+        assert caller is not None
+        store.record_call(caller, line, now - 120, "voicemail", "reputation")
 
 
 def test_samples_are_well_formed() -> None:
@@ -93,13 +108,23 @@ def test_every_shipped_rule_has_a_sample(shipped_rules: RuleSet) -> None:
     wanted = {r.name for r in shipped_rules.rules if r.action} | {"default",
                                                                    "threshold:challenge"}
     assert wanted <= decided
-    # The score rule cannot decide; it must appear in a sample reaching a threshold through it.
-    assert any(s.get("state", {}).get("velocity", 0) >= 5
+    # Score rules cannot decide; each must appear in a sample reaching a threshold through it.
+    assert any(s.get("state", {}).get("velocity", 0) >= 3
+               and s["expect"]["rule"].startswith("threshold:") for s in SAMPLES)
+    assert any(s.get("attestation") == "failed"
+               and s["expect"]["rule"].startswith("threshold:") for s in SAMPLES)
+    assert any(s.get("state", {}).get("neighbour_callers", 0) >= 4
                and s["expect"]["rule"].startswith("threshold:") for s in SAMPLES)
 
 
 @pytest.mark.parametrize("sample", _params())
 def test_sample(sample: dict[str, Any], engine: Engine, store: Store, cfg: Config) -> None:
+    if (sample.get("state") or {}).get("voicemailed"):
+        # the greylist is off by default: these samples run with it on (10 minutes)
+        cfg = dataclasses.replace(cfg, learning=dataclasses.replace(cfg.learning,
+                                                                    greylist_minutes=10))
+        store = Store.from_config(cfg, store.r)
+        engine = Engine(cfg, engine.ruleset, store)
     line = engine.resolve_line(str(sample["to"]), strict=True)
     assert line is not None
     at = local_time(str(sample["at"]), line.timezone)
