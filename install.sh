@@ -115,9 +115,11 @@ make_prompts() {
 en|en-gb|challenge-intro|To be connected, please type the following digits.
 en|en-gb|challenge-retry|That was not right. Please listen and type the digits again.
 en|en-gb|challenge-thanks|Thank you. Connecting you now.
+en|en-gb|storm-explain|This number has been used by a telemarketing company without our consent. We did not call you. If you still want to reach us, press 1.
 fr|fr|challenge-intro|Pour être mis en relation, veuillez taper les chiffres suivants.
 fr|fr|challenge-retry|Ce n'est pas le bon code. Écoutez, puis tapez à nouveau les chiffres.
 fr|fr|challenge-thanks|Merci. Nous vous mettons en relation.
+fr|fr|storm-explain|Ce numéro a été utilisé par une société de démarchage téléphonique sans notre accord. Nous ne vous avons pas appelé. Si vous souhaitez tout de même nous joindre, tapez 1.
 EOF
 }
 

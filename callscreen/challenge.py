@@ -30,6 +30,9 @@ PROMPTS = {
     "intro": ("callscreen/challenge-intro", "beep"),
     "retry": ("callscreen/challenge-retry", "please-try-again"),
     "thanks": ("callscreen/challenge-thanks", "auth-thankyou"),
+    # "This number has been used by a telemarketing company without our consent. We did not
+    # call you. If you still want to reach us, press 1." No stock sound says that: a beep.
+    "storm": ("callscreen/storm-explain", "beep"),
 }
 _last_code: dict[int, str] = {}
 _last_lock = threading.Lock()
@@ -86,3 +89,24 @@ def run(session: Session, cfg: ChallengeConfig, language: str,
         return ChallengeResult("fail", attempt, typed)
     except AGIHangup:
         return ChallengeResult("abandon", attempt, typed)
+
+
+@dataclass(frozen=True)
+class StormResult:
+    outcome: str  # pressed-1 | no-key | abandon
+    heard: str  # the prompt played (for the storm evidence)
+
+
+def run_storm(session: Session, cfg: ChallengeConfig, language: str,
+              sounds_dir: Path | None) -> StormResult:
+    """During a callback storm: explain, then 'press 1' (one key, typed during the prompt or
+    within the timeout)."""
+    heard = prompt("storm", language, sounds_dir)
+    try:
+        session.execute("ANSWER")
+        key = session.play(heard, DIGITS)
+        if not key:
+            key = session.read_digits("beep", cfg.timeout_ms, 1)
+        return StormResult("pressed-1" if key == "1" else "no-key", heard)
+    except AGIHangup:
+        return StormResult("abandon", heard)

@@ -5,7 +5,9 @@ Exit codes: 0 done, 1 the store or a file failed, 2 bad input (nothing was writt
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import logging
 import logging.handlers
@@ -400,6 +402,114 @@ def serve(state: State, bind: str | None, port: int | None) -> None:
     log.info("callscreen %s serving %d rules for %d line(s) on %s:%d", __version__,
              len(engine.ruleset.rules), len(cfg.lines), host, bound)
     server.serve_forever()
+
+
+def _line_did(state: State, line: str) -> str:
+    engine = Engine(state.cfg, rules.RuleSet((), ()), None)
+    line_obj = line_arg(engine, line)
+    assert line_obj is not None
+    return line_obj.did
+
+
+@main.group()
+def storm() -> None:
+    """Callback storms: a spoofed line's owner shielded from angry callbacks."""
+
+
+@storm.command("status")
+@click.option("--line", required=True, metavar="DID")
+@click.pass_obj
+def storm_status(state: State, line: str) -> None:
+    """Is the line in a storm, since when, how many callers."""
+    did = _line_did(state, line)
+    info = store_call(lambda: state.store.storm_state(did))
+    if not info:
+        click.echo(f"line {did}: no storm")
+        return
+    started = dt.datetime.fromtimestamp(float(info.get("started", 0)))
+    kind = "forced by an admin" if info.get("forced") == "1" else "detected"
+    click.echo(f"line {did}: STORM ({kind}) since {started:%Y-%m-%d %H:%M}, "
+               f"{info.get('callers', 0)} unknown callers, ends after "
+               f"{int(info.get('ttl_s', 0)) // 60} quiet minutes")
+
+
+@storm.command("start")
+@click.option("--line", required=True, metavar="DID")
+@click.pass_obj
+def storm_start(state: State, line: str) -> None:
+    """Force a storm on a line (until `stop` or storm.max_hours)."""
+    did = _line_did(state, line)
+    store_call(lambda: state.store.storm_start(did, time.time()))
+    click.echo(f"line {did}: storm started; unknown callers now hear the explanation")
+
+
+@storm.command("stop")
+@click.option("--line", required=True, metavar="DID")
+@click.pass_obj
+def storm_stop(state: State, line: str) -> None:
+    """End a line's storm now."""
+    did = _line_did(state, line)
+    stopped = store_call(lambda: state.store.storm_stop(did))
+    click.echo(f"line {did}: storm stopped" if stopped else f"line {did}: no storm")
+
+
+@storm.command("evidence")
+@click.option("--line", required=True, metavar="DID")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv")
+@click.pass_obj
+def storm_evidence(state: State, line: str, fmt: str) -> None:
+    """Callers, times and what they heard during storms (for a complaint)."""
+    did = _line_did(state, line)
+    rows = store_call(lambda: state.store.storm_evidence(did))
+    for row in rows:
+        row["time_iso"] = dt.datetime.fromtimestamp(float(row["time"]), dt.UTC).isoformat()
+    if fmt == "json":
+        click.echo(json.dumps({"line": did, "calls": rows}, indent=2))
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["time_iso", "caller", "heard", "outcome", "time"])
+    writer.writeheader()
+    writer.writerows(rows)
+    click.echo(out.getvalue().rstrip("\n"))
+
+
+@main.command()
+@click.argument("number")
+@click.option("--for", "duration", metavar="DURATION", help="How long (default reputation.spoofed_days).")
+@click.option("--clear", is_flag=True, help="Remove the flag.")
+@click.pass_obj
+def spoofed(state: State, number: str, duration: str | None, clear: bool) -> None:
+    """Flag NUMBER as shown by someone else: challenged, never blocked on reputation alone."""
+    e164 = number_arg(state.cfg, number)
+    if clear:
+        store_call(lambda: state.store.set_spoofed(e164, None))
+        click.echo(f"{e164} is no longer flagged as spoofed")
+        return
+    seconds = parse_duration(duration) or state.cfg.reputation.spoofed_days * 86400
+    until = time.time() + seconds
+    store_call(lambda: state.store.set_spoofed(e164, until))
+    click.echo(f"{e164} flagged as spoofed until {dt.datetime.fromtimestamp(until):%Y-%m-%d %H:%M}")
+
+
+@main.group()
+def reporter() -> None:
+    """Reporters: the lines, admins and import sources whose votes shape reputation."""
+
+
+@reporter.command("rollback")
+@click.argument("who", metavar="LINE|admin|src:NAME")
+@click.pass_obj
+def reporter_rollback(state: State, who: str) -> None:
+    """Undo every counted vote of a reporter (a line that reported in bad faith, an import)."""
+    if who == ADMIN or who.startswith("src:"):
+        target = who
+    else:
+        target = _line_did(state, who)
+    try:
+        undone = store_call(lambda: state.store.reporter_rollback(target, time.time()))
+    except BadKey as exc:
+        raise click.BadParameter(str(exc), param_hint="WHO") from None
+    click.echo(f"rolled back {undone} vote(s) of {target}")
 
 
 @main.command()

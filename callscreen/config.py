@@ -99,6 +99,7 @@ class StormConfig:
     press1: str = "allow"
     evidence_days: int = 90
     notify_command: tuple[str, ...] = ()
+    notify_ami: str = ""  # ami://user:secret@127.0.0.1:5038 to raise a UserEvent
 
 
 @dataclass(frozen=True)
@@ -469,6 +470,9 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         evidence_days=r.get(sts, "evidence_days", int, sdf.evidence_days,
                             _positive("evidence_days")),
         notify_command=command,
+        notify_ami=r.get(sts, "notify_ami", str, "",
+                         lambda v: None if not v or re.fullmatch(r"ami://[^:@/]+:[^@/]+@[^:/]+:\d+", v)
+                         else "notify_ami must look like ami://user:secret@127.0.0.1:5038"),
     )
 
     les = r.section(doc, "learning", set(Learning.__dataclass_fields__))

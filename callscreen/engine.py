@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from callscreen import numbers
+from callscreen import notify, numbers
 from callscreen.config import Config, Line
 from callscreen.rules import RuleSet
 from callscreen.screen import Call, Verdict, decide
@@ -100,16 +100,35 @@ class Engine:
         return Decision(call, facts, verdict, error)
 
     def record(self, decision: Decision) -> bool:
-        """Count the call and index it; never raises (a failed write must not touch the call)."""
+        """Count the call and index it; never raises (a failed write must not touch the call).
+
+        Storm transitions detected while recording are announced (log, AMI, command)."""
         if self.store is None:
             return False
-        call, verdict = decision.call, decision.verdict
+        call, verdict, facts = decision.call, decision.verdict, decision.facts
+        line = call.line.did if call.line else None
+        # Unknown = nobody this line knows: what a callback storm is made of.
+        unknown = facts is not None and not (facts.contact or facts.trusted or facts.allowlisted)
+        neighbour = bool(call.line and numbers.is_neighbour(
+            call.caller, call.line.facts, self.cfg.neighbour_digits))
         try:
-            self.store.record_call(
-                call.caller.e164, call.line.did if call.line else None,
-                call.at.timestamp() if call.at else time.time(), verdict.action, verdict.reason,
+            transition = self.store.record_call(
+                call.caller.e164, line, call.at.timestamp() if call.at else time.time(),
+                verdict.action, verdict.reason, unknown=unknown and call.caller.e164 is not None,
+                neighbour=neighbour, attestation=call.attestation,
             )
         except Exception as exc:  # noqa: BLE001 - recording is best effort on the call path
             log.warning("could not record call from %s: %s", call.caller.display, exc)
             return False
+        if transition and line:
+            self.announce_storm("start" if transition == "started" else "end", line)
         return True
+
+    def announce_storm(self, state: str, line: str) -> None:
+        callers = 0
+        if self.store is not None and state == "start":
+            try:
+                callers = int(self.store.storm_state(line).get("callers", 0))
+            except Exception:  # noqa: BLE001 - the notice matters more than the count
+                callers = 0
+        notify.storm(self.cfg.storm, state, line, callers)

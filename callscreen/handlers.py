@@ -96,6 +96,8 @@ def screen(session: Session, engine: Engine) -> After | None:
             line.language if line else cfg.language)
         if language != env.get("agi_language"):
             session.set_var(challenge.VAR_LANGUAGE, language)
+        if verdict.challenge == "storm":
+            return _storm(session, engine, decision, language)
         result = challenge.run(session, cfg.challenge, language, sounds_dir(cfg))
         outcome = result.outcome
         log.info("challenge %s for %s after %d attempt(s)", outcome, call.caller.display,
@@ -110,6 +112,31 @@ def screen(session: Session, engine: Engine) -> After | None:
     log.info("screened %s -> %s (rule %s, reason %s, score %g%s)", call.caller.display, action,
              verdict.rule, reason, verdict.score, ", degraded" if verdict.degraded else "")
     return _after(engine, decision, action, reason, outcome)
+
+
+def _storm(session: Session, engine: Engine, decision: Decision, language: str) -> After:
+    """A caller of a line in a callback storm: explain, press 1 to ring (if the policy allows)."""
+    cfg, verdict, call = engine.cfg, decision.verdict, decision.call
+    result = challenge.run_storm(session, cfg.challenge, language, sounds_dir(cfg))
+    action = "allow" if result.outcome == "pressed-1" and cfg.storm.press1 == "allow" else (
+        "voicemail")
+    if result.outcome != "abandon":
+        set_verdict(session, verdict, action, "storm")
+    log.info("storm on %s: %s heard the explanation, %s -> %s", call.line.did if call.line
+             else "?", call.caller.display, result.outcome, action)
+
+    def job() -> None:
+        final = replace(decision, verdict=replace(verdict, action=action, reason="storm"))
+        engine.record(final)
+        if engine.store is not None and call.line is not None:
+            try:
+                engine.store.storm_evidence_add(call.line.did, call.caller.e164,
+                                                call.at.timestamp(), result.heard,
+                                                f"{result.outcome}:{action}")
+            except Exception as exc:  # noqa: BLE001 - best effort after the call moved on
+                log.warning("could not keep storm evidence: %s", exc)
+
+    return job
 
 
 def _after(engine: Engine, decision: Decision, action: str, reason: str,
@@ -162,8 +189,22 @@ def report(session: Session, engine: Engine) -> After | None:
         return None
     line, number = found
     assert engine.store is not None
-    counted = engine.store.report(number, line.did, time.time())
-    log.info("line %s reported %s (%s)", line.did, number, "counted" if counted else "repeat")
+    reason = engine.store.last_caller(line.did)
+    attestation = engine.store.recent_attestation(line.did)
+    rep = engine.cfg.reputation
+    weight = rep.report_weight
+    if reason is not None and reason[3] == "storm":
+        # A person calling back the victim of a spoofing campaign is not a spammer.
+        log.info("line %s: %s called during a storm, report not counted", line.did, number)
+        _feedback(session, "ok")
+        return None
+    if attestation == "C":
+        weight *= rep.weight_attestation_c
+    elif attestation == "failed":
+        weight *= rep.weight_failed_verification
+    counted, why = engine.store.vote(number, line.did, time.time(), weight)
+    log.info("line %s reported %s (weight %g): %s", line.did, number, weight,
+             "counted" if counted else why)
     _feedback(session, "ok")
     return None
 
@@ -186,6 +227,18 @@ def learn(session: Session, engine: Engine) -> After | None:
     """Outbound hook: the dialled number becomes a contact of the line(s)."""
     args = args_of(session)
     dialled = args[0] if args else ""
+    digits = "".join(ch for ch in dialled if ch.isascii() and ch.isdigit())
+    if digits and digits in engine.cfg.emergency_numbers:
+        session.set_var(VAR_RESULT, "emergency")
+        minutes = engine.cfg.emergency.minutes
+
+        def emergency_job() -> None:
+            log.warning("emergency number %s dialled: every call rings for %d minutes",
+                        digits, minutes)
+            if engine.store is not None:
+                engine.store.emergency_start(time.time(), minutes, digits)
+
+        return emergency_job
     facts = numbers.normalise(dialled, engine.cfg.region, strip_prefixes=engine.cfg.strip_prefixes)
     if facts.e164 is None or not facts.possible:
         session.set_var(VAR_RESULT, "none")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_CALLS = 512  # concurrent connections; past this a new one is closed (the dialplan default)
 WATCHDOG_PERIOD_S = 0.5
 DEADLINE_GRACE_S = 1.0
+MAINTENANCE_PERIOD_S = 15.0
 
 
 def load_engine(config_path: str | Path | None, store: Store | None = None) -> Engine:
@@ -106,6 +107,7 @@ class FastAGIServer:
         assert self.listener is not None
         watchdog = threading.Thread(target=self._watchdog, name="watchdog", daemon=True)
         watchdog.start()
+        threading.Thread(target=self._maintenance, name="maintenance", daemon=True).start()
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
@@ -210,6 +212,25 @@ class FastAGIServer:
                     pass
             if self._stop.is_set() and not self._threads:
                 return
+
+    def _maintenance(self) -> None:
+        """Announce storms that ended quietly (no call came to notice)."""
+        while not self._stop.wait(MAINTENANCE_PERIOD_S):
+            self.check_storms()
+
+    def check_storms(self) -> list[str]:
+        engine = self.engine
+        ended: list[str] = []
+        if engine.store is None:
+            return ended
+        for line in engine.cfg.lines:
+            try:
+                if engine.store.storm_ended(line.did):
+                    ended.append(line.did)
+                    engine.announce_storm("end", line.did)
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
+                log.debug("storm check for %s failed: %s", line.did, exc)
+        return ended
 
     def in_flight(self) -> int:
         with self._lock:
