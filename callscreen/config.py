@@ -94,7 +94,7 @@ class StormConfig:
     min_callers: int = 6
     factor: float = 3.0
     baseline_days: int = 7
-    quiet_minutes: int = 30
+    quiet_minutes: float = 30.0
     max_hours: int = 24
     press1: str = "allow"
     evidence_days: int = 90
@@ -463,7 +463,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                      lambda v: None if v >= 1 else f"factor must be >= 1, got {v}"),
         baseline_days=r.get(sts, "baseline_days", int, sdf.baseline_days,
                             _positive("baseline_days")),
-        quiet_minutes=r.get(sts, "quiet_minutes", int, sdf.quiet_minutes,
+        quiet_minutes=r.get(sts, "quiet_minutes", float, sdf.quiet_minutes,
                             _positive("quiet_minutes")),
         max_hours=r.get(sts, "max_hours", int, sdf.max_hours, _positive("max_hours")),
         press1=r.get(sts, "press1", str, sdf.press1, _one_of("press1", ("allow", "voicemail"))),

@@ -40,10 +40,8 @@ def load_engine(config_path: str | Path | None, store: Store | None = None) -> E
     ruleset = rules.load_dir(cfg.rules_dir)
     if store is None or store.redis_config != cfg.redis:
         store = Store.from_config(cfg)
-    else:  # same Redis: keep the connection pool, take the new reputation settings
-        kept = Store(store.r, cfg.redis.prefix, cfg.reputation)
-        kept.redis_config = store.redis_config
-        store = kept
+    else:  # same Redis: keep the connection pool, take every new setting
+        store = Store.from_config(cfg, client=store.r)
     return Engine(cfg, ruleset, store)
 
 

@@ -63,6 +63,7 @@ decides by the fail mode. Connections use short timeouts and no retries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -453,7 +454,7 @@ class Store:
     def facts(self, e164: str | None, line: str | None, now: float) -> StoreFacts:
         """Everything Redis knows for one decision, in one round trip."""
         if e164 is None:
-            return EMPTY_FACTS
+            return self._anonymous_facts(line)
         fields = [e164] + [p + "*" for p in reversed(prefixes_of(e164))]
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.k_record(e164))
@@ -503,6 +504,19 @@ class Store:
             recent_voicemail=recent_vm,
             neighbour_burst=burst,
         )
+
+    def _anonymous_facts(self, line: str | None) -> StoreFacts:
+        """No number, no number facts: only what concerns the PBX and the line."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.k_emergency())
+        if line is not None:
+            pipe.exists(self.k_line(line, "storm"))
+        try:
+            replies = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return dataclasses.replace(EMPTY_FACTS, emergency=bool(replies[0]),
+                                   storm=bool(replies[1]) if line is not None else False)
 
     def _record(self, raw: dict[str, str], now: float) -> Record:
         def num(name: str) -> float:
@@ -562,7 +576,7 @@ class Store:
                   self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400,
                   line or "", e164 or "", int(unknown), int(neighbour), int(greylist),
                   st.window_minutes * 60, st.min_callers, st.factor, st.baseline_days * 86400,
-                  st.quiet_minutes * 60, self.learning.greylist_minutes * 60,
+                  max(1, math.ceil(st.quiet_minutes * 60)), self.learning.greylist_minutes * 60,
                   self.learning.neighbour_burst_window_minutes * 60,
                   self.rep.spoofed_days * 86400, st.evidence_days * 86400],
         )

@@ -103,18 +103,24 @@ def write_chroot_config(root: Path, yaml_text: str) -> None:
     path.write_text(yaml_text)
 
 
-def config_text(redis_url: str, rules_dir: str, did: str, **challenge: Any) -> str:
-    """A callscreen.yaml for sandbox runs: one French line, short challenge timeouts."""
+def config_text(redis_url: str, rules_dir: str, did: str | list[str], *,
+                extra: str = "", **challenge: Any) -> str:
+    """A callscreen.yaml for sandbox runs: French line(s), short challenge timeouts; `extra` is
+    appended YAML (other sections)."""
     settings = {"timeout_ms": 2500, "attempts": 2, "sounds_dir": "/nonexistent", **challenge}
     inline = ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
                        for k, v in settings.items())
+    dids = [did] if isinstance(did, str) else did
+    lines = ", ".join(f"{{number: '{d}', name: line{i}, timezone: Europe/Paris}}"
+                      for i, d in enumerate(dids))
     return (
         f"redis: {{url: '{redis_url}'}}\n"
         "region: FR\n"
         f"rules_dir: {rules_dir}\n"
-        f"lines: [{{number: '{did}', name: home, timezone: Europe/Paris}}]\n"
+        f"lines: [{lines}]\n"
         f"challenge: {{{inline}}}\n"
         "logging: {level: WARNING, target: stderr}\n"
+        + extra
     )
 
 
@@ -122,10 +128,12 @@ class Screener:
     """The real FastAGI server in a thread, plus the same config inside the chroot (for the
     process AGI fallback)."""
 
-    def __init__(self, workdir: Path, root: Path, redis_url: str, did: str, **challenge: Any):
+    def __init__(self, workdir: Path, root: Path, redis_url: str, did: str | list[str],
+                 extra: str = "", **challenge: Any):
         self.config = workdir / "callscreen.yaml"
-        self.config.write_text(config_text(redis_url, str(RULES), did, **challenge))
-        write_chroot_config(root, config_text(redis_url, f"{SRC}/rules", did, **challenge))
+        self.config.write_text(config_text(redis_url, str(RULES), did, extra=extra, **challenge))
+        write_chroot_config(root, config_text(redis_url, f"{SRC}/rules", did, extra=extra,
+                                              **challenge))
         self.server = FastAGIServer(load_engine(self.config), self.config, bind="127.0.0.1",
                                     port=0)
         self.thread: threading.Thread | None = None

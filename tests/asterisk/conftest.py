@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import pytest
 
 from callscreen.sandbox import asterisk as sandbox
+from callscreen.sandbox import product
 from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory, SandboxUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,3 +90,10 @@ def asterisk_sandbox_factory(
 def asterisk_sandbox(asterisk_sandbox_factory: SandboxFactory) -> AsteriskSandbox:
     """A started sandbox with the default modules and no dialplan of the test's own."""
     return asterisk_sandbox_factory()
+
+
+@pytest.fixture(scope="session")
+def chroot_product(asterisk_rootfs: Path) -> Path:
+    """The product installed in the chroot (venv + today's source), for the process AGI."""
+    product.install(asterisk_rootfs)
+    return asterisk_rootfs

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from asterisk_calls import answer_challenge, record, screened, wait_for
 
 from callscreen.sandbox import product
 from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory
@@ -43,12 +44,6 @@ exten => _X.,1,Gosub(callscreen-outbound,s,1(${EXTEN}))
  same => n,UserEvent(Learned,RESULT: ${CALLSCREEN_RESULT})
  same => n,Hangup()
 """
-
-
-@pytest.fixture(scope="session")
-def chroot_product(asterisk_rootfs: Path) -> Path:
-    product.install(asterisk_rootfs)
-    return asterisk_rootfs
 
 
 @pytest.fixture
@@ -83,39 +78,6 @@ def running(make_screener: Callable[..., Screener], asterisk_sandbox_factory: Sa
     port = screener.start()
     sb = sandbox_for(asterisk_sandbox_factory, tmp_path, f"127.0.0.1:{port}")
     return sb, screener, rdb
-
-
-def screened(sb: AsteriskSandbox, caller: str, timeout: float = 15, **variables: str
-             ) -> dict[str, str]:
-    call = sb.call(DID, "test-in", callerid=caller, variables=variables or None)
-    return dict(call.wait_user_event("Screened", timeout=timeout))
-
-
-def answer_challenge(sb: AsteriskSandbox, caller: str, digits: Callable[[str], str] | None,
-                     rounds: int = 1) -> tuple[dict[str, str], list[str]]:
-    """Place a call that gets challenged; type digits(code) on each of `rounds` GET DATA."""
-    call = sb.call(DID, "test-in", callerid=caller)
-    codes = []
-    for _ in range(rounds):
-        call.wait_agi("GET DATA", timeout=20)
-        code = sb.ami.getvar(call.callee_channel(), "SCREEN_CHALLENGE_CODE") if sb.ami else ""
-        codes.append(code)
-        if digits is not None:
-            call.send_dtmf(digits(code))
-    return dict(call.wait_user_event("Screened", timeout=30)), codes
-
-
-def record(rdb: redis.Redis, number: str) -> dict[str, str]:
-    return {str(k): str(v) for k, v in rdb.hgetall(f"cs:n:{number}").items()}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- the tests ----------------------------------------------------------------------------------
