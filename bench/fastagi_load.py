@@ -1,0 +1,211 @@
+"""FastAGI decision latency and throughput: `python -m bench.fastagi_load [--numbers 1000000]`.
+
+Starts a redis-server (preloaded with N reputation records) and `callscreen serve` in its own
+process, then an asyncio load generator plays Asterisk's side of FastAGI faithfully (the full
+Asterisk 22 env block, then "200 result=1" to each command, until the server closes) for the
+`screen` route on calls that need no challenge, at several concurrencies. In the same run it
+measures the floor: one Redis GET, the store's one-pipeline read, and phonenumbers
+parse+validate. Prints a JSON table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import phonenumbers
+import redis
+
+from bench.common import REPO, free_port, percentiles, redis_server, write_config
+from callscreen import config as config_mod
+from callscreen.store import Store
+
+CALLERS = [f"+3335301{i:04d}" for i in range(2000)]  # ordinary fiction numbers: default allow
+
+
+def env_block(caller: str, port: int) -> bytes:
+    """What Asterisk 22 sends for AGI(agi://127.0.0.1:PORT/screen,0199000001)."""
+    return (
+        "agi_network: yes\n"
+        f"agi_network_script: screen\n"
+        f"agi_request: agi://127.0.0.1:{port}/screen\n"
+        "agi_channel: PJSIP/trunk-0000a1b2\n"
+        "agi_language: fr\n"
+        "agi_type: PJSIP\n"
+        "agi_uniqueid: 1764340000.4242\n"
+        "agi_version: 22.10.1\n"
+        f"agi_callerid: {caller}\n"
+        "agi_calleridname: unknown\n"
+        "agi_callingpres: 0\n"
+        "agi_callingani2: 0\n"
+        "agi_callington: 0\n"
+        "agi_callingtns: 0\n"
+        "agi_dnid: 0199000001\n"
+        "agi_rdnis: unknown\n"
+        "agi_context: from-trunk\n"
+        "agi_extension: 0199000001\n"
+        "agi_priority: 5\n"
+        "agi_enhanced: 0.0\n"
+        "agi_accountcode: \n"
+        "agi_threadid: 140234567890\n"
+        "agi_arg_1: 0199000001\n"
+        "\n"
+    ).encode()
+
+
+async def one_call(port: int, caller: str) -> float:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(env_block(caller, port))
+    await writer.drain()
+    commands = 0
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        commands += 1
+        writer.write(b"200 result=1\n")
+        await writer.drain()
+    writer.close()
+    elapsed = time.perf_counter() - started
+    if commands != 6:
+        raise RuntimeError(f"expected 6 SET VARIABLE, got {commands}")
+    return elapsed
+
+
+async def load(port: int, concurrency: int, calls: int) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(calls))
+
+    async def worker() -> None:
+        nonlocal errors
+        for i in counter:
+            try:
+                latencies.append(await one_call(port, CALLERS[i % len(CALLERS)]))
+            except (OSError, RuntimeError) as exc:
+                errors += 1
+                if errors <= 3:
+                    print(f"call failed: {exc!r}", file=sys.stderr)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors, time.perf_counter() - started
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_threads_fds(pid: int) -> tuple[int, int]:
+    threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+                   .splitlines() if line.startswith("Threads:"))
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def preload(url: str, count: int) -> None:
+    r = redis.Redis.from_url(url)
+    now = f"{time.time():.0f}"
+    pipe = r.pipeline(transaction=False)
+    for i in range(count):
+        # fiction FR numbers 04 65 71 xx xx and friends, spread over ranges
+        number = f"+33{4 + i % 2}{(i // 2) % 100000000:08d}"
+        pipe.hset(f"cs:n:{number}", mapping={"s": "5.0", "st": now, "rep": 1, "rps": 1,
+                                             "c": 3, "fs": now, "ls": now})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def floors(url: str, config: Path, rounds: int = 2000) -> dict[str, float]:
+    cfg = config_mod.load(config)
+    store = Store.from_config(cfg)
+    r = store.r
+    r.get("warm")
+
+    def median_us(fn: Any) -> float:
+        samples = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+        return round(statistics.median(samples) * 1e6, 1)
+
+    return {
+        "redis_get_us": median_us(lambda: r.get("cs:nothing")),
+        "store_facts_pipeline_us": median_us(
+            lambda: store.facts("+33353010001", "+33199000001", time.time())),
+        "phonenumbers_parse_validate_us": median_us(
+            lambda: phonenumbers.is_valid_number(phonenumbers.parse("0353010001", "FR"))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--numbers", type=int, default=1_000_000)
+    parser.add_argument("--calls", type=int, default=4000, help="calls per concurrency level")
+    parser.add_argument("--levels", default="1,16,64,256")
+    parser.add_argument("--leak-calls", type=int, default=100_000,
+                        help="calls before the thread/fd growth check (0 = skip)")
+    args = parser.parse_args()
+    result: dict[str, Any] = {}
+    with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp), url)
+        started = time.perf_counter()
+        preload(url, args.numbers)
+        result["preloaded_numbers"] = args.numbers
+        result["preload_s"] = round(time.perf_counter() - started, 1)
+        result["floor"] = floors(url, config)
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
+                                   "serve", "--port", str(port)], cwd=REPO,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    asyncio.run(one_call(port, CALLERS[0]))
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            asyncio.run(load(port, 8, 500))  # warm-up
+            levels = {}
+            floor_s = result["floor"]["store_facts_pipeline_us"] / 1e6
+            for level in (int(x) for x in args.levels.split(",")):
+                cpu0 = proc_cpu(server.pid)
+                latencies, errors, wall = asyncio.run(load(port, level, args.calls))
+                cpu = proc_cpu(server.pid) - cpu0
+                per_call = cpu / max(1, len(latencies))
+                levels[str(level)] = {
+                    "decisions_per_s": round(len(latencies) / wall, 1), "errors": errors,
+                    **percentiles(latencies),
+                    "server_cpu_ms_per_decision": round(per_call * 1000, 3),
+                    "cpu_vs_floor": round(per_call / floor_s, 1),
+                }
+            result["fastagi"] = levels
+            if args.leak_calls:
+                before = proc_threads_fds(server.pid)
+                latencies, errors, wall = asyncio.run(load(port, 64, args.leak_calls))
+                time.sleep(1.0)
+                after = proc_threads_fds(server.pid)
+                result["leak_check"] = {"calls": args.leak_calls, "errors": errors,
+                                        "threads_before_after": before[0:1] + after[0:1],
+                                        "fds_before_after": [before[1], after[1]],
+                                        "decisions_per_s": round(len(latencies) / wall, 1)}
+        finally:
+            server.terminate()
+            server.wait(10)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
