@@ -1,0 +1,34 @@
+"""A few seconds of the benchmarks, so they keep running (figures are printed, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data: dict[str, object] = json.loads(proc.stdout)
+    return data
+
+
+def test_store_memory_bench_reports_bytes_per_number() -> None:
+    data = run_bench("bench.store_memory", "--count", "2000")
+    assert data["count"] == 2000
+    assert float(data["bytes_per_list_entry"]) > 0  # type: ignore[arg-type]
+    assert float(data["bytes_per_reputation_record"]) > float(data["bytes_per_list_entry"])  # type: ignore[arg-type]
+
+
+def test_fastagi_load_bench_runs_without_errors() -> None:
+    data = run_bench("bench.fastagi_load", "--numbers", "1000", "--calls", "100",
+                     "--levels", "1,8", "--leak-calls", "200")
+    levels = data["fastagi"]
+    assert isinstance(levels, dict)
+    assert all(level["errors"] == 0 for level in levels.values())
+    assert data["leak_check"]["errors"] == 0  # type: ignore[index]
