@@ -47,6 +47,8 @@ class RedisConfig:
     socket_timeout_ms: int = 200
     connect_timeout_ms: int = 200
     max_connections: int = 64
+    breaker_failures: int = 3
+    breaker_cooldown_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         },
     )
 
-    rs = r.section(doc, "redis", {"url", "prefix", "socket_timeout_ms", "connect_timeout_ms",
-                                  "max_connections"})
+    rs = r.section(doc, "redis", set(RedisConfig.__dataclass_fields__))
     rd = d.redis
     redis_cfg = RedisConfig(
         url=r.get(rs, "url", str, rd.url, _redis_url),
@@ -321,6 +322,10 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                                  _positive("connect_timeout_ms")),
         max_connections=r.get(rs, "max_connections", int, rd.max_connections,
                               _positive("max_connections")),
+        breaker_failures=r.get(rs, "breaker_failures", int, rd.breaker_failures,
+                               _positive("breaker_failures")),
+        breaker_cooldown_ms=r.get(rs, "breaker_cooldown_ms", int, rd.breaker_cooldown_ms,
+                                  _positive("breaker_cooldown_ms")),
     )
 
     region = r.get(doc, "region", str, d.region, _region)

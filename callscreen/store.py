@@ -69,8 +69,9 @@ import logging
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,47 @@ class StoreFacts:
 
 
 EMPTY_FACTS = StoreFacts(Record(), None, None, None, None, False, False, 0)
+
+
+class CircuitBreaker:
+    """Stop waiting on a Redis that keeps failing: after `threshold` consecutive failures, refuse
+    at once for `cooldown_s`, then let ONE trial through; its outcome closes or reopens."""
+
+    def __init__(self, threshold: int = 3, cooldown_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.threshold, self.cooldown_s, self.clock = threshold, cooldown_s, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trial = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self.opened_at is None:
+                return True
+            if self.trial or self.clock() - self.opened_at < self.cooldown_s:
+                return False
+            self.trial = True  # half-open: this caller is the trial
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            if self.opened_at is not None:
+                log.warning("Redis answers again: circuit closed")
+            self.failures, self.opened_at, self.trial = 0, None, False
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.trial or (self.opened_at is None and self.failures >= self.threshold):
+                if self.opened_at is None:
+                    log.warning("Redis failed %d times in a row: circuit open for %.1f s",
+                                self.failures, self.cooldown_s)
+                self.opened_at, self.trial = self.clock(), False
 
 
 def decayed(score: float, since: float, now: float, half_life_s: float) -> float:
@@ -388,6 +430,7 @@ class Store:
         self.storm_cfg = StormConfig()
         self.learning = Learning()
         self.pbx_id = "local"
+        self.breaker = CircuitBreaker()
         self._event = client.register_script(_EVENT_LUA)
         self._report = client.register_script(_REPORT_LUA)
         self._rollback = client.register_script(_ROLLBACK_LUA)
@@ -398,6 +441,8 @@ class Store:
     def from_config(cls, cfg: Config, client: redis.Redis | None = None) -> Store:
         store = cls(client or client_from_config(cfg), cfg.redis.prefix, cfg.reputation)
         store.redis_config = cfg.redis
+        store.breaker = CircuitBreaker(cfg.redis.breaker_failures,
+                                       cfg.redis.breaker_cooldown_ms / 1000)
         store.storm_cfg = cfg.storm
         store.learning = cfg.learning
         store.pbx_id = cfg.pbx_id
@@ -472,10 +517,7 @@ class Store:
             pipe.hget(self.k_line(line, "vm"), e164)
             pipe.zcount(self.k_line(line, "nb"),
                         now - self.learning.neighbour_burst_window_minutes * 60, "+inf")
-        try:
-            replies = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        replies = self._guarded(pipe.execute)
         rec_raw, allow_g, block_g, velocity, lines_called, emergency = replies[:6]
         allow_l = block_l = None
         contact = trusted = storm = recent_vm = False
@@ -505,16 +547,28 @@ class Store:
             neighbour_burst=burst,
         )
 
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """Run a call-path Redis operation through the circuit breaker."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("circuit open: Redis failed repeatedly, cooling down")
+        try:
+            result = call()
+        except redis.ResponseError as exc:
+            self.breaker.success()  # Redis answered (foreign data, a script error): not down
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except (redis.RedisError, OSError) as exc:
+            self.breaker.failure()
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.breaker.success()
+        return result
+
     def _anonymous_facts(self, line: str | None) -> StoreFacts:
         """No number, no number facts: only what concerns the PBX and the line."""
         pipe = self.r.pipeline(transaction=False)
         pipe.exists(self.k_emergency())
         if line is not None:
             pipe.exists(self.k_line(line, "storm"))
-        try:
-            replies = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        replies = self._guarded(pipe.execute)
         return dataclasses.replace(EMPTY_FACTS, emergency=bool(replies[0]),
                                    storm=bool(replies[1]) if line is not None else False)
 
@@ -570,7 +624,7 @@ class Store:
             *line_keys,
         ]
         member = f"{now:.6f}:{line or '-'}:{os.urandom(3).hex()}"
-        result = self._call(
+        result = self._guarded(lambda: self._call(
             keys=keys,
             args=[now, self.record_ttl_s, self.window_s, member, entry,
                   self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400,
@@ -579,7 +633,7 @@ class Store:
                   max(1, math.ceil(st.quiet_minutes * 60)), self.learning.greylist_minutes * 60,
                   self.learning.neighbour_burst_window_minutes * 60,
                   self.rep.spoofed_days * 86400, st.evidence_days * 86400],
-        )
+        ))
         return str(result or "")
 
     def report(self, e164: str, reporter: str, now: float, weight: float | None = None) -> bool:
