@@ -167,56 +167,52 @@ def _feature_line(session: Session, engine: Engine) -> Line | None:
     return None
 
 
-def _last_caller(session: Session, engine: Engine, window_s: float) -> tuple[Line, str] | None:
+def _last_caller(session: Session, engine: Engine) -> tuple[Line, str, str] | None:
+    """(line, number, reason) of the last call this line received within the report window;
+    plays the "nothing to do" tone when there is none."""
     line = _feature_line(session, engine)
+    last = engine.store.last_caller(line.did) if line and engine.store else None
+    window_s = engine.cfg.features.report_window_minutes * 60
     if line is None or engine.store is None:
         log.warning("feature code: no line (pass the DID as argument or configure one line)")
-        return None
-    last = engine.store.last_caller(line.did)
-    if last is None:
-        return None
-    ts, number, _action, _reason = last
-    if not numbers.is_e164(number) or time.time() - ts > window_s:
-        return None
-    return line, number
+    elif last is not None and numbers.is_e164(last[1]) and time.time() - last[0] <= window_s:
+        return line, last[1], last[3]
+    _feedback(session, "none")
+    return None
 
 
 def report(session: Session, engine: Engine) -> After | None:
     """*60: report the last caller received on this line (never a typed number)."""
-    found = _last_caller(session, engine, engine.cfg.features.report_window_minutes * 60)
-    if found is None:
-        _feedback(session, "none")
+    found = _last_caller(session, engine)
+    if found is None or engine.store is None:
         return None
-    line, number = found
-    assert engine.store is not None
-    reason = engine.store.last_caller(line.did)
-    attestation = engine.store.recent_attestation(line.did)
+    line, number, reason = found
     rep = engine.cfg.reputation
     weight = rep.report_weight
-    if reason is not None and reason[3] == "storm":
+    attestation = engine.store.recent_attestation(line.did)
+    if reason == "storm":
         # A person calling back the victim of a spoofing campaign is not a spammer.
-        log.info("line %s: %s called during a storm, report not counted", line.did, number)
-        _feedback(session, "ok")
-        return None
-    if attestation == "C":
+        weight = 0.0
+    elif attestation == "C":
         weight *= rep.weight_attestation_c
     elif attestation == "failed":
         weight *= rep.weight_failed_verification
-    counted, why = engine.store.vote(number, line.did, time.time(), weight)
-    log.info("line %s reported %s (weight %g): %s", line.did, number, weight,
-             "counted" if counted else why)
+    if weight > 0:
+        counted, why = engine.store.vote(number, line.did, time.time(), weight)
+        log.info("line %s reported %s (weight %g): %s", line.did, number, weight,
+                 "counted" if counted else why)
+    else:
+        log.info("line %s: %s called during a storm, report not counted", line.did, number)
     _feedback(session, "ok")
     return None
 
 
 def allow(session: Session, engine: Engine) -> After | None:
     """*61: put the last caller on this line's allowlist."""
-    found = _last_caller(session, engine, engine.cfg.features.report_window_minutes * 60)
-    if found is None:
-        _feedback(session, "none")
+    found = _last_caller(session, engine)
+    if found is None or engine.store is None:
         return None
-    line, number = found
-    assert engine.store is not None
+    line, number, _reason = found
     engine.store.list_add("allow", number, line.did, None, "feature-code")
     log.info("line %s allowed %s", line.did, number)
     _feedback(session, "ok")

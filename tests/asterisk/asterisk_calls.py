@@ -15,6 +15,24 @@ from callscreen.sandbox.asterisk import AsteriskSandbox
 DID = "0199000001"
 LINE = "+33199000001"
 
+# The test contexts: [test-in] screens a call like an inbound route (NAME_URI: a caller name to
+# URI-decode first, ATTEST: the STIR/SHAKEN test hook) and reports the verdict as a UserEvent;
+# [test-phone] is a phone with the feature codes and the outbound hook.
+TEST_DIALPLAN = r"""
+[test-in]
+exten => _X.,1,GotoIf($["${NAME_URI}" = ""]?screen)
+ same => n,Set(CALLERID(name)=${URIDECODE(${NAME_URI})})
+ same => n(screen),Gosub(callscreen,s,1(${EXTEN},${ATTEST}))
+ same => n,UserEvent(Screened,ACTION: ${SCREEN_ACTION},REASON: ${SCREEN_REASON},RULE: ${SCREEN_RULE},SCORE: ${SCREEN_SCORE},NUMBER: ${SCREEN_NUMBER},DEGRADED: ${SCREEN_DEGRADED})
+ same => n,Hangup()
+
+[test-phone]
+include => callscreen-features
+exten => _X.,1,Gosub(callscreen-outbound,s,1(${EXTEN}))
+ same => n,UserEvent(Learned,RESULT: ${CALLSCREEN_RESULT})
+ same => n,Hangup()
+"""
+
 
 def screened(sb: AsteriskSandbox, caller: str, timeout: float = 15, did: str = DID,
              context: str = "test-in", **variables: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from asterisk_calls import DID, LINE, answer_challenge, record, screened, wait_for
+from asterisk_calls import DID, LINE, TEST_DIALPLAN, answer_challenge, record, screened, wait_for
 
 from callscreen.sandbox import product
 from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.asterisk
 DID2 = "0261910001"
 LINE2 = "+33261910001"
 
-DIALPLAN = r"""
-[test-in]
-exten => _X.,1,Gosub(callscreen,s,1(${EXTEN},${ATTEST}))
- same => n,UserEvent(Screened,ACTION: ${SCREEN_ACTION},REASON: ${SCREEN_REASON},RULE: ${SCREEN_RULE},SCORE: ${SCREEN_SCORE},NUMBER: ${SCREEN_NUMBER},DEGRADED: ${SCREEN_DEGRADED})
- same => n,Hangup()
-
-[test-phone]
-include => callscreen-features
-exten => _X.,1,Gosub(callscreen-outbound,s,1(${EXTEN}))
- same => n,UserEvent(Learned,RESULT: ${CALLSCREEN_RESULT})
- same => n,Hangup()
-"""
 
 STORM = "storm: {min_callers: 6, window_minutes: 60, quiet_minutes: 0.1}\n"
 
@@ -54,7 +42,7 @@ def setup(asterisk_sandbox_factory: SandboxFactory, redis_server: Any, rdb: redi
         made.append(screener)
         port = screener.start()
         sb = asterisk_sandbox_factory(
-            dialplan_files=[DIALPLAN_FILE], dialplan={"antispoof_test.conf": DIALPLAN},
+            dialplan_files=[DIALPLAN_FILE], dialplan={"callscreen_test.conf": TEST_DIALPLAN},
             dialplan_globals={"CALLSCREEN_SERVER": f"127.0.0.1:{port}"},
             agi_scripts=[product.agi_script(tmp_path)],
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from asterisk_calls import answer_challenge, record, screened, wait_for
+from asterisk_calls import TEST_DIALPLAN, answer_challenge, record, screened, wait_for
 
 from callscreen.sandbox import product
 from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory
@@ -30,20 +30,6 @@ LINE = "+33199000001"
 ORDINARY = "+33353010001"
 NEIGHBOUR = "+33199000002"
 
-TEST_DIALPLAN = r"""
-[test-in]
-exten => _X.,1,GotoIf($["${NAME_URI}" = ""]?screen)
- same => n,Set(CALLERID(name)=${URIDECODE(${NAME_URI})})
- same => n(screen),Gosub(callscreen,s,1(${EXTEN}))
- same => n,UserEvent(Screened,ACTION: ${SCREEN_ACTION},REASON: ${SCREEN_REASON},RULE: ${SCREEN_RULE},SCORE: ${SCREEN_SCORE},NUMBER: ${SCREEN_NUMBER},DEGRADED: ${SCREEN_DEGRADED})
- same => n,Hangup()
-
-[test-phone]
-include => callscreen-features
-exten => _X.,1,Gosub(callscreen-outbound,s,1(${EXTEN}))
- same => n,UserEvent(Learned,RESULT: ${CALLSCREEN_RESULT})
- same => n,Hangup()
-"""
 
 
 @pytest.fixture
