@@ -46,7 +46,8 @@ exten => _X.,1,Gosub(callscreen,s,1(${EXTEN}))
 
 
 async def floor_handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Minimal FastAGI: read the env block, set the five variables, close."""
+    """Minimal FastAGI: read the env block, set the five variables, close (the floor the issue
+    defines; callscreen itself answers with one SET VARIABLE that its subroutine splits)."""
     try:
         while (await reader.readline()).strip():
             pass

@@ -203,8 +203,8 @@ def test_hostile_caller_name_injects_nothing(
     assert ev["ACTION"] == "allow"
     received = [line.split("AGI Rx << ", 1)[1] for line in sb.agi_debug_lines()
                 if "AGI Rx << " in line]
-    assert received and all(cmd.startswith("SET VARIABLE SCREEN_") for cmd in received), received
-    assert len(received) == 6
+    # exactly one command: the verdict, whatever the caller's name tried to add
+    assert len(received) == 1 and received[0].startswith('SET VARIABLE SCREEN_RESULT "allow|'), received
     assert not (sb.root / "tmp/pwned").exists()
 
 
