@@ -41,7 +41,8 @@ agi_priority: 5
 agi_enhanced: 0.0
 agi_accountcode:
 agi_threadid: 140000000000000
-agi_arg_1: 0199000001
+agi_arg_1: screen
+agi_arg_2: 0199000001
 
 """
 

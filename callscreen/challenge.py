@@ -82,8 +82,11 @@ def run(session: Session, cfg: ChallengeConfig, language: str,
             if len(typed) < len(code):
                 typed += session.read_digits("beep", cfg.timeout_ms, len(code) - len(typed))
             if typed == code:
-                session.set_var(VAR_CODE, "")
-                session.play(prompt("thanks", language, sounds_dir))
+                try:
+                    session.set_var(VAR_CODE, "")
+                    session.play(prompt("thanks", language, sounds_dir))
+                except AGIHangup:
+                    pass  # they typed the code: a person, whatever happens next
                 return ChallengeResult("pass", attempt, typed)
         session.set_var(VAR_CODE, "")
         return ChallengeResult("fail", attempt, typed)

@@ -41,9 +41,13 @@ Handler = Callable[[Session, Engine], After | None]
 
 
 def args_of(session: Session) -> list[str]:
-    """agi_arg_1..N (process AGI receives them in argv too, FastAGI only here)."""
+    """The AGI() arguments after the route. Asterisk sends every AGI() argument after the script
+    as agi_arg_N: FastAGI carries the route in the URL (AGI(agi://h/screen,<did>): agi_arg_1 is
+    the did), the process AGI as its first argument (AGI(callscreen.agi,screen,<did>): agi_arg_1
+    is 'screen', agi_arg_2 the did)."""
+    first = 1 if session.env.get("agi_network") == "yes" else 2
     out = []
-    for i in range(1, 32):
+    for i in range(first, 32):
         value = session.env.get(f"agi_arg_{i}")
         if value is None:
             break
@@ -77,6 +81,16 @@ def set_verdict(session: Session, verdict: Verdict, action: str, reason: str) ->
                                                        for f in fields))
 
 
+def _set_verdict_unless_gone(session: Session, verdict: Verdict, action: str,
+                             reason: str) -> None:
+    """A caller who leaves after the decision (or after typing the code) still made a call:
+    the after-job must run and keep the outcome; the dialplan has nothing left to route."""
+    try:
+        set_verdict(session, verdict, action, reason)
+    except AGIHangup:
+        log.info("%s hung up before the verdict was set", verdict.number)
+
+
 def screen(session: Session, engine: Engine) -> After | None:
     env, cfg = session.env, engine.cfg
     args = args_of(session)
@@ -95,6 +109,7 @@ def screen(session: Session, engine: Engine) -> After | None:
             line.language if line else cfg.language)
         if language != env.get("agi_language"):
             session.set_var(challenge.VAR_LANGUAGE, language)
+        _extend_for_challenge(session, cfg)
         if verdict.challenge == "storm":
             return _storm(session, engine, decision, language)
         result = challenge.run(session, cfg.challenge, language, sounds_dir(cfg))
@@ -107,7 +122,7 @@ def screen(session: Session, engine: Engine) -> After | None:
             action, reason = cfg.challenge.on_fail, "challenge-failed"
         else:
             return _after(engine, decision, "abandon", "challenge-abandoned", outcome)
-    set_verdict(session, verdict, action, reason)
+    _set_verdict_unless_gone(session, verdict, action, reason)
     log.info("screened %s -> %s (rule %s, reason %s, score %g%s)", call.caller.display, action,
              verdict.rule, reason, verdict.score, ", degraded" if verdict.degraded else "")
     return _after(engine, decision, action, reason, outcome)
@@ -120,7 +135,7 @@ def _storm(session: Session, engine: Engine, decision: Decision, language: str) 
     action = "allow" if result.outcome == "pressed-1" and cfg.storm.press1 == "allow" else (
         "voicemail")
     if result.outcome != "abandon":
-        set_verdict(session, verdict, action, "storm")
+        _set_verdict_unless_gone(session, verdict, action, "storm")
     log.info("storm on %s: %s heard the explanation, %s -> %s", call.line.did if call.line
              else "?", call.caller.display, result.outcome, action)
 
@@ -321,17 +336,27 @@ def _fail_safe(session: Session, cfg: Config) -> None:
 
 
 def deadline_for(cfg: Config, route: str) -> float:
-    """Seconds a call may stay in a route: the base budget, plus the challenge's own for screen."""
-    base = float(cfg.server.call_deadline_s)
-    if route != "screen":
-        return base
+    """Seconds a call may stay in a route before any challenge (config: server.call_deadline_s)."""
+    return float(cfg.server.call_deadline_s)
+
+
+def challenge_budget(cfg: Config) -> float:
+    """Seconds a challenge may add once it starts: per attempt, intro/retry prompt (~5 s) + code
+    (~1 s a digit) + the digit timeout."""
     c = cfg.challenge
-    # Per attempt: intro/retry prompt (~5 s) + code (~1 s a digit) + the digit timeout.
-    return base + c.attempts * (8 + c.digits + c.timeout_ms / 1000) + 5
+    return c.attempts * (8 + c.digits + c.timeout_ms / 1000) + 5
 
 
-def run(transport: Transport, engine_of: Callable[[], Engine], route_hint: str = "") -> Outcome:
-    """One AGI connection from start to end, whatever the transport. Never raises."""
+def _extend_for_challenge(session: Session, cfg: Config) -> None:
+    session.deadline = max(session.deadline, time.monotonic() + challenge_budget(cfg))
+
+
+def run(transport: Transport, engine_of: Callable[[], Engine], route_hint: str = "",
+        on_session: Callable[[Session], None] | None = None) -> Outcome:
+    """One AGI connection from start to end, whatever the transport. Never raises.
+
+    on_session: called with the session once its env is read (the server's watchdog follows
+    session.deadline, which a challenge extends)."""
     started = time.monotonic()
     try:
         session = Session(transport, deadline_s=60.0)
@@ -339,6 +364,8 @@ def run(transport: Transport, engine_of: Callable[[], Engine], route_hint: str =
         log.warning("AGI session not started: %s", exc)
         transport.close()
         return Outcome("", False, str(exc))
+    if on_session is not None:
+        on_session(session)
     engine = engine_of()  # taken once: a reload during the call does not change its rules
     route = route_of(session, route_hint)
     session.deadline = started + deadline_for(engine.cfg, route)

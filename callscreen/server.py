@@ -21,7 +21,7 @@ from types import FrameType
 
 from callscreen import config as config_mod
 from callscreen import handlers, rules
-from callscreen.agi import SocketTransport
+from callscreen.agi import ENV_TIMEOUT_S, Session, SocketTransport
 from callscreen.config import ConfigError
 from callscreen.engine import Engine
 from callscreen.store import Store
@@ -50,7 +50,11 @@ class _Conn:
     sock: socket.socket
     peer: str
     started: float
-    deadline: float
+    deadline: float  # until the session exists: the env timeout plus the base budget
+    session: Session | None = None
+
+    def current_deadline(self) -> float:
+        return self.session.deadline if self.session is not None else self.deadline
 
 
 class FastAGIServer:
@@ -180,11 +184,13 @@ class FastAGIServer:
     def _serve(self, sock: socket.socket, peer: str) -> None:
         key = id(sock)
         now = time.monotonic()
-        conn = _Conn(sock, peer, now, now + handlers.deadline_for(self.engine.cfg, "screen"))
+        conn = _Conn(sock, peer, now,
+                     now + ENV_TIMEOUT_S + handlers.deadline_for(self.engine.cfg, "screen"))
         with self._lock:
             self._conns[key] = conn
         try:
-            handlers.run(SocketTransport(sock), lambda: self.engine)
+            handlers.run(SocketTransport(sock), lambda: self.engine,
+                         on_session=lambda session: setattr(conn, "session", session))
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
@@ -201,7 +207,8 @@ class FastAGIServer:
         while not self._stop.wait(WATCHDOG_PERIOD_S) or self._threads:
             now = time.monotonic()
             with self._lock:
-                late = [c for c in self._conns.values() if now > c.deadline + DEADLINE_GRACE_S]
+                late = [c for c in self._conns.values()
+                        if now > c.current_deadline() + DEADLINE_GRACE_S]
             for conn in late:
                 log.error("call from %s over its deadline: releasing the channel", conn.peer)
                 try:
