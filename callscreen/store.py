@@ -21,7 +21,8 @@ key                          type    content / expiry
 ``P rl:R``                   string  reports counted for reporter ``R`` this hour (rate limit);
                                      TTL 1 hour.
 ``P rlog:R``                 list    reporter ``R``'s counted votes, newest first:
-                                     ``ts|E|weight`` (for ``callscreen reporter rollback``).
+                                     ``ts|E|weight`` (for ``callscreen reporter rollback``);
+                                     a line keeps its last 10,000, an import source all.
                                      TTL ``record_ttl_days``.
 ``P vl:E``                   zset    distinct lines ``E`` called (member = D, score = last ts)
                                      within the velocity window; TTL the window.
@@ -89,6 +90,8 @@ CHALLENGE_OUTCOMES = ("pass", "fail", "abandon")
 ADMIN = "admin"
 _OUTCOME_FIELD = {"pass": "p", "fail": "f", "abandon": "a"}
 _LABEL_MAX = 64
+# Votes kept per line reporter for rollback (the hourly rate limit bounds a line far below).
+REPORTER_LOG_CAP = 10_000
 
 
 class StoreUnavailable(Exception):
@@ -237,11 +240,18 @@ _DECAY_ADD = """
 local function decay_add(rec, now, half, delta)
   local s = tonumber(redis.call('HGET', rec, 's') or '0')
   local st = tonumber(redis.call('HGET', rec, 'st') or now)
-  if now > st and s ~= 0 then s = s * 0.5 ^ ((now - st) / half) end
+  if now >= st then
+    if s ~= 0 then s = s * 0.5 ^ ((now - st) / half) end
+    st = now
+  else
+    -- An event stamped before the last update (a late write, another PBX's clock): add what is
+    -- left of it at st, and keep the clock there so no hour is decayed twice.
+    delta = delta * 0.5 ^ ((st - now) / half)
+  end
   s = s + delta
   if s < 0 then s = 0 end
   local txt = string.format('%.4f', s)
-  redis.call('HSET', rec, 's', txt, 'st', tostring(now))
+  redis.call('HSET', rec, 's', txt, 'st', tostring(st))
   return txt
 end
 """
@@ -265,7 +275,7 @@ _REPORT_LUA = _DECAY_ADD + """
 local rec, voters, pbxs, rate, logk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local voter, ttl, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local pbx, limit, number = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local pbx, limit, number, logcap = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
 local last = redis.call('HGET', voters, voter)
 if last and now - tonumber(last) < window then return {0, 'repeat'} end
 if limit > 0 then
@@ -287,7 +297,7 @@ redis.call('HINCRBY', rec, 'rep', 1)
 redis.call('EXPIRE', rec, ttl)
 if logk ~= '' then
   redis.call('LPUSH', logk, ARGV[1] .. '|' .. number .. '|' .. ARGV[3])
-  redis.call('LTRIM', logk, 0, 9999)
+  if logcap > 0 then redis.call('LTRIM', logk, 0, logcap - 1) end
   redis.call('EXPIRE', logk, ttl)
 end
 return {1, score}
@@ -295,14 +305,26 @@ return {1, score}
 
 # Undo one logged vote: remove what is left of its weight after decay, forget the voter.
 _ROLLBACK_LUA = _DECAY_ADD + """
-local rec, voters = KEYS[1], KEYS[2]
+local rec, voters, pbxs = KEYS[1], KEYS[2], KEYS[3]
 local now, half, ts, weight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
 local voter = ARGV[5]
 if redis.call('EXISTS', rec) == 0 then return 0 end
 local left = weight * 0.5 ^ ((now - ts) / half)
 decay_add(rec, now, half, -left)
-if redis.call('HDEL', voters, voter) == 1 then redis.call('HINCRBY', rec, 'rps', -1) end
+if redis.call('HDEL', voters, voter) == 1 then
+  redis.call('HINCRBY', rec, 'rps', -1)
+  local pbx = ARGV[6]
+  if pbx ~= '' then
+    local still = false
+    for _, v in ipairs(redis.call('HKEYS', voters)) do
+      if string.sub(v, 1, #pbx + 1) == pbx .. '/' then still = true break end
+    end
+    if not still and redis.call('SREM', pbxs, pbx) == 1 then
+      redis.call('HINCRBY', rec, 'rpb', -1)
+    end
+  end
+end
 local reports = tonumber(redis.call('HGET', rec, 'rep') or '0')
 if reports > 0 then redis.call('HINCRBY', rec, 'rep', -1) end
 return 1
@@ -353,11 +375,16 @@ end
 local active = redis.call('EXISTS', storm) == 1
 if not active and redis.call('EXISTS', stormopen) == 1 then
   redis.call('DEL', stormopen)
+  redis.call('DEL', unk)
   return 'ended'
 end
 if not unknown or number == '' then return '' end
 local hour = math.floor(now / 3600)
-if redis.call('ZADD', unk, now, number) == 1 then redis.call('HINCRBY', unkh, hour, 1) end
+local prev = redis.call('ZSCORE', unk, number)
+redis.call('ZADD', unk, now, number)
+if not prev or math.floor(tonumber(prev) / 3600) ~= hour then
+  redis.call('HINCRBY', unkh, hour, 1)
+end
 redis.call('ZREMRANGEBYSCORE', unk, '-inf', now - swin)
 redis.call('EXPIRE', unk, swin)
 redis.call('EXPIRE', unkh, sbase)
@@ -655,7 +682,7 @@ class Store:
             keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
                   self.k_rate(voter), self.k_reporter_log(voter)],
             args=[now, self.half_life_s, weight, voter, self.record_ttl_s, self.vote_window_s,
-                  pbx, limit, e164],
+                  pbx, limit, e164, REPORTER_LOG_CAP],
         )
         return bool(int(counted)), str(detail)
 
@@ -687,9 +714,9 @@ class Store:
         for e164 in numbers:
             self._report(
                 keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
-                      self.k_rate(voter), ""],
+                      self.k_rate(voter), self.k_reporter_log(voter)],
                 args=[now, self.half_life_s, weight, voter, self.record_ttl_s,
-                      self.record_ttl_s, "", 0, e164],
+                      self.record_ttl_s, "", 0, e164, 0],  # an import is rolled back whole
                 client=pipe,
             )
             pending += 1
@@ -701,7 +728,7 @@ class Store:
 
     def reporter_rollback(self, reporter: str, now: float) -> int:
         """Undo every logged vote of a reporter (a line, 'admin' or 'src:NAME')."""
-        voter, _pbx = self.voter_of(reporter)
+        voter, pbx = self.voter_of(reporter)
         log_key = self.k_reporter_log(voter)
         undone = 0
         for raw in self.r.lrange(log_key, 0, -1):
@@ -713,8 +740,8 @@ class Store:
             except ValueError:
                 continue
             undone += int(self._rollback(
-                keys=[self.k_record(parts[1]), self.k_reporters(parts[1])],
-                args=[now, self.half_life_s, ts, weight, voter]))
+                keys=[self.k_record(parts[1]), self.k_reporters(parts[1]), self.k_pbxs(parts[1])],
+                args=[now, self.half_life_s, ts, weight, voter, pbx]))
         self.r.delete(log_key)
         return undone
 
@@ -799,7 +826,10 @@ class Store:
         """True once, when a storm that was announced has expired (for the end notice)."""
         if self.r.exists(self.k_line(line, "storm")):
             return False
-        return bool(self.r.delete(self.k_line(line, "storm:open")))
+        if not self.r.delete(self.k_line(line, "storm:open")):
+            return False
+        self.r.delete(self.k_line(line, "unk"))  # its callers made the storm that ended
+        return True
 
     def storm_evidence_add(self, line: str, e164: str | None, now: float, heard: str,
                            outcome: str) -> None:
