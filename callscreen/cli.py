@@ -24,7 +24,7 @@ import phonenumbers
 import redis
 import yaml
 
-from callscreen import __version__, numbers, rules
+from callscreen import __version__, imports, numbers, rules
 from callscreen import config as config_mod
 from callscreen.config import Config, ConfigError, Line
 from callscreen.engine import Engine, UnknownLine
@@ -361,10 +361,25 @@ def export_cmd(state: State, output: Any) -> None:
     click.echo(f"exported {count} keys", err=True)
 
 
-@main.command("import")
+class _ImportGroup(click.Group):
+    """`callscreen import FILE` restores a backup (as it always did); `import ftc-dnc FILE` and
+    `import csv FILE ...` import public complaint data."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and (args[0] == "-" or not (args[0] in self.commands or args[0].startswith("-"))):
+            args = ["backup", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("import", cls=_ImportGroup)
+def import_group() -> None:
+    """Restore a backup (import FILE) or import public complaint data (ftc-dnc, csv)."""
+
+
+@import_group.command("backup")
 @click.argument("source", type=click.File("r"))
 @click.pass_obj
-def import_cmd(state: State, source: Any) -> None:
+def import_backup(state: State, source: Any) -> None:
     """Restore a JSON-lines export (keys of the same name are replaced)."""
     records = []
     for lineno, text in enumerate(source, 1):
@@ -378,6 +393,66 @@ def import_cmd(state: State, source: Any) -> None:
         records.append(record)
     count = store_call(lambda: state.store.import_records(records))
     click.echo(f"imported {count} keys")
+
+
+_WEIGHT_HELP = "Weight of each imported vote (default reputation.report_weight)."
+
+
+@import_group.command("ftc-dnc")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--source", default=imports.FTC_SOURCE, show_default=True,
+              help="Reporter name (src:NAME): rolled back with `reporter rollback src:NAME`.")
+@click.option("--weight", type=float, help=_WEIGHT_HELP)
+@click.pass_obj
+def import_ftc_cmd(state: State, path: str, source: str, weight: float | None) -> None:
+    """Import the FTC Do Not Call reported-calls CSV: one vote per number, counted once."""
+    run_import(state, path, lambda progress: imports.import_ftc(
+        _import_source(path), state.store, state.cfg, source=source, weight=weight,
+        progress=progress))
+
+
+@import_group.command("csv")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--number-column", required=True, metavar="NAME|N",
+              help="Header name of the number column, or its 1-based index.")
+@click.option("--label", required=True, help="Source name: votes count as reporter src:LABEL.")
+@click.option("--region", metavar="CC", help="Country of national numbers (default: region).")
+@click.option("--delimiter", default=",", show_default=True)
+@click.option("--no-header", is_flag=True, help="The first row is data (needs a column index).")
+@click.option("--weight", type=float, help=_WEIGHT_HELP)
+@click.pass_obj
+def import_csv_cmd(state: State, path: str, number_column: str, label: str, region: str | None,
+               delimiter: str, no_header: bool, weight: float | None) -> None:
+    """Import any CSV list of nuisance numbers under a source name of your choice."""
+    run_import(state, path, lambda progress: imports.import_csv(
+        _import_source(path), state.store, state.cfg,
+        number_column=imports.parse_column(number_column), label=label, region=region,
+        delimiter=delimiter, header=not no_header, weight=weight, progress=progress))
+
+
+def _import_source(path: str) -> imports.Source:
+    return sys.stdin if path == "-" else path
+
+
+def run_import(state: State, path: str,
+               do: Callable[[imports.Progress | None], imports.ImportSummary]) -> None:
+    """Run an import with a progress bar on a terminal; print its summary; exit 2 on bad input."""
+    state.cfg  # noqa: B018 - configuration errors first
+    total = imports.estimate_rows(path) if path != "-" and sys.stderr.isatty() else None
+    try:
+        if total:
+            with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+                def progress(rows: int) -> None:
+                    bar.update(rows - bar.pos)
+
+                summary = store_call(lambda: do(progress))
+        else:
+            summary = store_call(lambda: do(None))
+    except imports.ImportError_ as exc:
+        if exc.summary is not None:
+            click.echo(str(exc.summary))
+        fail(2, str(exc))
+    click.echo(str(summary))
 
 
 @main.command()

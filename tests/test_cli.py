@@ -341,6 +341,41 @@ def test_import_error_late_in_a_big_file_writes_nothing(run: Any, rdb: redis.Red
     assert result.exit_code == 2
 
 
+def test_import_ftc_dnc_counts_each_number_once(run: Any, rdb: redis.Redis) -> None:
+    sample = REPO / "tests" / "samples" / "ftc_sample.csv"
+    first = run("import", "ftc-dnc", str(sample))
+    assert first.exit_code == 0, first.output
+    assert "imported             5" in first.output and "invalid            1" in first.output
+    again = run("import", "ftc-dnc", str(sample))
+    assert "imported             0" in again.output and "already              5" in again.output
+    record = json.loads(run("show", "+12125550123").output)["record"]
+    assert (record["reports"], record["reporters"], record["score"]) == (1, 1, 25.0)
+    rolled = run("reporter", "rollback", "src:ftc-dnc")
+    assert rolled.exit_code == 0, rolled.output
+    record = json.loads(run("show", "+12125550123").output)["record"]
+    assert (record["reports"], record["score"]) == (0, 0.0)
+
+
+def test_import_csv_by_column_name(run: Any, rdb: redis.Redis, tmp_path: Path) -> None:
+    src = tmp_path / "list.csv"
+    src.write_text("label;number\nx;05 36 49 00 01\ny;not a number\n")
+    result = run("import", "csv", str(src), "--number-column", "Number", "--label", "club",
+                 "--delimiter", ";")
+    assert result.exit_code == 0, result.output
+    assert "as src:club" in result.output and "unparseable        1" in result.output
+    assert json.loads(run("show", "0536490001").output)["record"]["reports"] == 1
+
+
+def test_import_csv_missing_column_exits_2_and_writes_nothing(run: Any, rdb: redis.Redis,
+                                                              tmp_path: Path) -> None:
+    src = tmp_path / "list.csv"
+    src.write_text("label,phone\nx,0536490001\n")
+    before = rdb.dbsize()
+    result = run("import", "csv", str(src), "--number-column", "number", "--label", "club")
+    unchanged(rdb, result, before)
+    assert "missing column 'number'" in result.output
+
+
 # -- config check ----------------------------------------------------------------------------------
 
 def test_config_check_prints_merged_config_and_masks_password(tmp_path: Path) -> None:
