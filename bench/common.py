@@ -59,6 +59,12 @@ def write_config(directory: Path, redis_url: str, did: str = "0199000001") -> Pa
     return path
 
 
+def bench_numbers(count: int) -> list[str]:
+    """Distinct numbers no one can own: country code +999 is unassigned, and DESIGN.md's fiction
+    ranges hold too few numbers for a million. Twelve characters, like a French E.164."""
+    return [f"+999{i:08d}" for i in range(count)]
+
+
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     """p50/p99/max in milliseconds."""
     ordered = sorted(samples_s)

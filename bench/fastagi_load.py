@@ -25,8 +25,9 @@ from typing import Any
 import phonenumbers
 import redis
 
-from bench.common import REPO, free_port, percentiles, redis_server, write_config
+from bench.common import REPO, bench_numbers, free_port, percentiles, redis_server, write_config
 from callscreen import config as config_mod
+from callscreen.config import Reputation
 from callscreen.store import Store
 
 CALLERS = [f"+3335301{i:04d}" for i in range(2000)]  # ordinary fiction numbers: default allow
@@ -114,17 +115,10 @@ def proc_threads_fds(pid: int) -> tuple[int, int]:
 
 
 def preload(url: str, count: int) -> None:
-    r = redis.Redis.from_url(url)
-    now = f"{time.time():.0f}"
-    pipe = r.pipeline(transaction=False)
-    for i in range(count):
-        # fiction FR numbers 04 65 71 xx xx and friends, spread over ranges
-        number = f"+33{4 + i % 2}{(i // 2) % 100000000:08d}"
-        pipe.hset(f"cs:n:{number}", mapping={"s": "5.0", "st": now, "rep": 1, "rps": 1,
-                                             "c": 3, "fs": now, "ls": now})
-        if i % 5000 == 4999:
-            pipe.execute()
-    pipe.execute()
+    """A store holding `count` numbers, as an imported complaint list leaves it (the bulk of a
+    real store), through the Store API."""
+    store = Store(redis.Redis.from_url(url, decode_responses=True), "cs:", Reputation())
+    store.import_reports(bench_numbers(count), "bench", time.time(), 25.0)
 
 
 def floors(url: str, config: Path, rounds: int = 2000) -> dict[str, float]:

@@ -14,15 +14,23 @@ key                          type    content / expiry
                                      passes/fails/abandons, ``fs``/``ls`` first/last seen (epoch
                                      s). TTL ``reputation.record_ttl_days``, renewed on each write.
 ``P n:E:r``                  hash    who reported ``E`` -> time of their last counted vote
-                                     (``pbx/D`` for a line, ``admin``, ``src:NAME`` for an
-                                     import): one vote per reporter per ``vote_window_days``.
-                                     Same TTL as the record.
+                                     (``pbx/D`` for a line, ``admin``): one vote per reporter per
+                                     ``vote_window_days``. Same TTL as the record.
+``P i:XXXX``                 hash    imported complaint lists, bucketed: XXXX = 4 hex digits of
+                                     crc32(E) (65,536 buckets, so a bucket holds a few hundred
+                                     numbers at most and stays a compact listpack). Field = ``E``
+                                     without ``+``; value = ``src@ts@weight`` per source, comma
+                                     separated. One vote per source until ``record_ttl_days``;
+                                     older entries are ignored when read and pruned when their
+                                     number is imported again; the bucket's TTL is renewed by
+                                     each import.
 ``P n:E:p``                  set     distinct PBXs that reported ``E`` (``rpb`` in the record).
 ``P rl:R``                   string  reports counted for reporter ``R`` this hour (rate limit);
                                      TTL 1 hour.
 ``P rlog:R``                 list    reporter ``R``'s counted votes, newest first:
                                      ``ts|E|weight`` (for ``callscreen reporter rollback``);
-                                     a line keeps its last 10,000, an import source all.
+                                     a line keeps its last 10,000. (Imports need no log: their
+                                     source is in the bucket entry.)
                                      TTL ``record_ttl_days``.
 ``P vl:E``                   zset    distinct lines ``E`` called (member = D, score = last ts)
                                      within the velocity window; TTL the window.
@@ -72,6 +80,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -415,6 +424,48 @@ return 'started'
 """
 
 # Add an expiring member to a per-line hash and keep the key's TTL >= the latest expiry.
+# One imported number: a vote of the source unless it already voted (entries past the TTL are
+# pruned on the way). Returns 1 when counted, 0 when the source had it already.
+_IMPORT_LUA = """
+local key, field, src = KEYS[1], ARGV[1], ARGV[2]
+local now, weight, ttl = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local keep, already = {}, false
+local cur = redis.call('HGET', key, field)
+if cur then
+  for item in string.gmatch(cur, '[^,]+') do
+    local name, ts = string.match(item, '^([^@]+)@(%d+)@')
+    if name and tonumber(ts) + ttl > now then
+      if name == src then already = true end
+      table.insert(keep, item)
+    end
+  end
+end
+if already then return 0 end
+table.insert(keep, src .. '@' .. string.format('%d', now) .. '@' .. weight)
+redis.call('HSET', key, field, table.concat(keep, ','))
+redis.call('EXPIRE', key, ttl)
+return 1
+"""
+
+# Remove one source from an import bucket. Returns the numbers it no longer votes for.
+_IMPORT_ROLLBACK_LUA = """
+local key, src = KEYS[1], ARGV[1]
+local removed = 0
+local all = redis.call('HGETALL', key)
+for i = 1, #all, 2 do
+  local keep, hit = {}, false
+  for item in string.gmatch(all[i + 1], '[^,]+') do
+    if string.match(item, '^([^@]+)@') == src then hit = true else table.insert(keep, item) end
+  end
+  if hit then
+    removed = removed + 1
+    if #keep == 0 then redis.call('HDEL', key, all[i])
+    else redis.call('HSET', key, all[i], table.concat(keep, ',')) end
+  end
+end
+return removed
+"""
+
 _EXPIRING_ADD_LUA = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -463,6 +514,8 @@ class Store:
         self._rollback = client.register_script(_ROLLBACK_LUA)
         self._call = client.register_script(_CALL_LUA)
         self._expiring_add = client.register_script(_EXPIRING_ADD_LUA)
+        self._import = client.register_script(_IMPORT_LUA)
+        self._import_rollback = client.register_script(_IMPORT_ROLLBACK_LUA)
 
     @classmethod
     def from_config(cls, cfg: Config, client: redis.Redis | None = None) -> Store:
@@ -513,6 +566,9 @@ class Store:
     def k_reporter_log(self, reporter: str) -> str:
         return f"{self.p}rlog:{check_reporter(reporter)}"
 
+    def k_import(self, e164: str) -> str:
+        return f"{self.p}i:{zlib.crc32(check_number(e164).encode()) & 0xFFFF:04x}"
+
     def k_emergency(self) -> str:
         return f"{self.p}emergency"
 
@@ -544,6 +600,7 @@ class Store:
             pipe.hget(self.k_line(line, "vm"), e164)
             pipe.zcount(self.k_line(line, "nb"),
                         now - self.learning.neighbour_burst_window_minutes * 60, "+inf")
+        pipe.hget(self.k_import(e164), e164[1:])
         replies = self._guarded(pipe.execute)
         rec_raw, allow_g, block_g, velocity, lines_called, emergency = replies[:6]
         allow_l = block_l = None
@@ -559,7 +616,7 @@ class Store:
             recent_vm = bool(grey_s and replies[11] and _float(replies[11]) > now - grey_s)
             burst = int(replies[12])
         return StoreFacts(
-            record=self._record(rec_raw, now),
+            record=self._with_imports(self._record(rec_raw, now), replies[-1], now),
             allow_global=_first_match(fields, allow_g, now),
             allow_line=allow_l,
             block_global=_first_match(fields, block_g, now),
@@ -622,6 +679,31 @@ class Store:
             last_seen=opt("ls"),
             pbxs=int(num("rpb")),
             spoofed=num("sp") > now,
+        )
+
+    def _imports(self, value: str | None, now: float) -> list[tuple[str, float]]:
+        """(source, weight left now) of an import bucket entry still within the record TTL.
+        Read defensively: the value is data from Redis, maybe written by someone else."""
+        out = []
+        for item in (value or "").split(","):
+            parts = item.split("@")
+            if len(parts) != 3 or not parts[0]:
+                continue
+            ts, weight = _float(parts[1]), _float(parts[2])
+            if ts + self.record_ttl_s > now:
+                out.append((parts[0], decayed(weight, ts, now, self.half_life_s)))
+        return out
+
+    def _with_imports(self, record: Record, value: str | None, now: float) -> Record:
+        """Each imported list counts as one more report and reporter, its weight decaying."""
+        imported = self._imports(value, now)
+        if not imported:
+            return record
+        return dataclasses.replace(
+            record,
+            score=round(record.score + sum(w for _, w in imported), 2),
+            reports=record.reports + len(imported),
+            reporters=record.reporters + len(imported),
         )
 
     def record_call(
@@ -694,17 +776,18 @@ class Store:
 
     def import_reports(self, numbers: Iterable[str], source: str, now: float, weight: float,
                        batch: int = 1000) -> tuple[int, int]:
-        """Imported entries weigh like one report from `source` (idempotent: one vote each).
-
-        Pipelined; returns (counted, already_there)."""
-        voter = check_reporter(f"src:{source}")
+        """Imported entries weigh like one report from `source` (idempotent: one vote each until
+        the record TTL). Stored in the compact import buckets (``P i:XXXX``), pipelined; returns
+        (counted, already_there)."""
+        name = check_reporter(f"src:{source}")[4:]
         counted = repeated = 0
         pending = 0
         pipe = self.r.pipeline(transaction=False)
+        stamp, weight_txt = int(now), f"{weight:g}"
 
         def flush() -> None:
             nonlocal counted, repeated, pending
-            for ok, _detail in pipe.execute():
+            for ok in pipe.execute():
                 if int(ok):
                     counted += 1
                 else:
@@ -712,13 +795,8 @@ class Store:
             pending = 0
 
         for e164 in numbers:
-            self._report(
-                keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
-                      self.k_rate(voter), self.k_reporter_log(voter)],
-                args=[now, self.half_life_s, weight, voter, self.record_ttl_s,
-                      self.record_ttl_s, "", 0, e164, 0],  # an import is rolled back whole
-                client=pipe,
-            )
+            self._import(keys=[self.k_import(e164)],
+                         args=[e164[1:], name, stamp, weight_txt, self.record_ttl_s], client=pipe)
             pending += 1
             if pending >= batch:
                 flush()
@@ -726,11 +804,22 @@ class Store:
             flush()
         return counted, repeated
 
+    def _rollback_import(self, source: str) -> int:
+        removed = 0
+        pipe = self.r.pipeline(transaction=False)
+        for key in self.r.scan_iter(match=f"{_glob(self.p)}i:*", count=1000):
+            self._import_rollback(keys=[key], args=[source], client=pipe)
+            if len(pipe) >= 500:
+                removed += sum(int(n) for n in pipe.execute())
+        if len(pipe):
+            removed += sum(int(n) for n in pipe.execute())
+        return removed
+
     def reporter_rollback(self, reporter: str, now: float) -> int:
         """Undo every logged vote of a reporter (a line, 'admin' or 'src:NAME')."""
         voter, pbx = self.voter_of(reporter)
         log_key = self.k_reporter_log(voter)
-        undone = 0
+        undone = self._rollback_import(voter[4:]) if voter.startswith("src:") else 0
         for raw in self.r.lrange(log_key, 0, -1):
             parts = str(raw).split("|")
             if len(parts) != 3 or not is_e164(parts[1]):
@@ -899,7 +988,10 @@ class Store:
     def show(self, e164: str, line: str | None, now: float) -> dict[str, Any]:
         facts = self.facts(e164, line, now)
         raw = self.r.hgetall(self.k_record(e164))
-        reporters = sorted(str(v) for v in self.r.hkeys(self.k_reporters(e164)))
+        raw_import = self.r.hget(self.k_import(e164), e164[1:])
+        imported = str(raw_import) if raw_import is not None else None
+        reporters = sorted([str(v) for v in self.r.hkeys(self.k_reporters(e164))] + [
+            f"src:{name}" for name, _ in self._imports(imported, now)])
         return {
             "number": e164,
             "record": {name: getattr(facts.record, name) for name in Record.__slots__},
@@ -915,12 +1007,14 @@ class Store:
 
     def forgive(self, e164: str) -> bool:
         """Reset a number's reputation (record, votes, velocity)."""
+        imported = self.r.hdel(self.k_import(e164), e164[1:])
         return bool(self.r.delete(self.k_record(e164), self.k_reporters(e164),
                                   self.k_velocity(e164), self.k_pbxs(e164),
-                                  self.k_lines_called(e164)))
+                                  self.k_lines_called(e164)) + imported)
 
     def stats(self) -> dict[str, int]:
-        counts = {"numbers": 0, "lines": 0, "allow_entries": 0, "block_entries": 0}
+        counts = {"numbers": 0, "lines": 0, "allow_entries": 0, "block_entries": 0,
+                  "imported_entries": 0}
         lines: set[str] = set()
         for key in self.r.scan_iter(match=f"{_glob(self.p)}*", count=1000):
             rest = key[len(self.p):]
@@ -928,6 +1022,8 @@ class Store:
                 counts["numbers"] += 1
             elif rest.startswith("l:"):
                 lines.add(rest.split(":")[1])
+            elif rest.startswith("i:"):
+                counts["imported_entries"] += int(self.r.hlen(key))
         counts["lines"] = len(lines)
         for entry in self.list_entries(time.time()):
             counts[f"{entry['list']}_entries"] += 1
@@ -1028,7 +1124,7 @@ _E164_RE = r"\+[1-9][0-9]{1,14}"
 _REPORTER_RE = r"(?:admin|src:[a-z0-9][a-z0-9_-]{0,31}|[a-z0-9][a-z0-9_-]{0,31}/" + _E164_RE + ")"
 _LINE_SUFFIXES = "|".join(("allow", "block", "contacts", "trusted", "recent", *_LINE_KEYS))
 _KEY_SHAPES = re.compile(
-    r"\A(?:allow|block|emergency"
+    r"\A(?:allow|block|emergency|i:[0-9a-f]{4}"
     rf"|n:{_E164_RE}(?::r|:p)?|v:{_E164_RE}|vl:{_E164_RE}"
     rf"|l:{_E164_RE}:(?:{_LINE_SUFFIXES})"
     rf"|rl:{_REPORTER_RE}|rlog:{_REPORTER_RE})\Z"

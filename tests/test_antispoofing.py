@@ -571,13 +571,14 @@ def test_rollback_of_an_import_source(store: Store) -> None:
 
 
 def test_a_whole_import_source_rolls_back(store: Store, rdb: redis.Redis) -> None:
-    """A line's vote log is capped (its rate limit bounds it anyway); an import source's is not,
-    so rolling back a large import undoes every number it brought."""
+    """Rolling back a large import undoes every number it brought, and only its votes."""
     numbers = [f"+1202555{i:04d}" for i in range(10_050)]
     assert store.import_reports(numbers, "big", T0, 30.0) == (10_050, 0)
-    assert rdb.llen(store.k_reporter_log("src:big")) == 10_050
+    assert store.import_reports(numbers[:10], "small", T0, 30.0) == (10, 0)
     assert store.reporter_rollback("src:big", T0) == 10_050
-    assert rec(store, numbers[0]).score == 0.0
+    assert rec(store, numbers[-1]).score == 0.0
+    assert (rec(store, numbers[0]).score, rec(store, numbers[0]).reporters) == (30.0, 1)
+    assert store.reporter_rollback("src:big", T0) == 0
 
 
 def test_a_late_event_does_not_rewind_the_decay_clock(store: Store) -> None:

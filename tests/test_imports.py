@@ -70,7 +70,7 @@ def test_sample_file_summary(store: Store, cfg: Config, rdb: redis.Redis) -> Non
     for e164 in ("+12125550123", "+13125550142", "+14155550177", "+16175550188", "+13055550111"):
         record = store.facts(e164, None, T0).record
         assert (record.score, record.reports, record.reporters) == (25.0, 1, 1)
-        assert rdb.hkeys(store.k_reporters(e164)) == ["src:ftc-dnc"]
+        assert store.show(e164, None, T0)["reporters"] == ["src:ftc-dnc"]
     text = str(summary)
     assert "10 rows" in text and "src:ftc-dnc" in text
     assert "line 7: unparseable 'UNKNOWN'" in text
@@ -100,8 +100,11 @@ def test_another_source_is_another_vote(store: Store, cfg: Config) -> None:
 def test_imported_records_expire(store: Store, cfg: Config, rdb: redis.Redis) -> None:
     import_ftc(SAMPLE, store, cfg, now=T0)
     ttl = cfg.reputation.record_ttl_days * 86400
-    for key in (store.k_record(CALLER), store.k_reporters(CALLER)):
-        assert 0 < rdb.ttl(key) <= ttl
+    assert 0 < rdb.ttl(store.k_import(CALLER)) <= ttl
+    assert store.facts(CALLER, None, T0 + ttl - 60).record.reports == 1
+    assert store.facts(CALLER, None, T0 + ttl).record.reports == 0  # expired, even if the bucket
+    # was renewed by a later import of another number
+    assert rdb.exists(store.k_record(CALLER)) == 0  # an import writes no per-number keys
 
 
 # -- weight: one import alone is only a hint ---------------------------------------------------------
@@ -263,7 +266,7 @@ def test_generic_csv_semicolon_and_column_index(store: Store, cfg: Config, rdb: 
     assert summary.rejected == {"unparseable": 1}
     assert summary.source == "neighbours-2024"
     # cfg.region is FR: the national French number is read as French.
-    assert rdb.hkeys(store.k_reporters("+33199000042")) == ["src:neighbours-2024"]
+    assert store.show("+33199000042", None, T0)["reporters"] == ["src:neighbours-2024"]
     assert score(store, "+13125550142") == 25.0
 
 
@@ -409,5 +412,15 @@ def test_100k_rows(store: Store, cfg: Config, rdb: redis.Redis, tmp_path: Path) 
     assert (summary.imported, summary.already, summary.duplicates) == (40_000, 0, dupes)
     assert summary.rejected == {"empty": 10, "unparseable": 10, "invalid": 10, "impossible": 10}
     assert len(summary.examples) == 5
-    assert rdb.hlen(store.k_reporters("+1" + distinct[-1])) == 1
+    assert store.show("+1" + distinct[-1], None, T0)["reporters"] == ["src:ftc-dnc"]
     assert score(store, "+1" + distinct[12_345]) == 25.0
+
+
+def test_a_foreign_bucket_value_is_read_defensively(store: Store, rdb: redis.Redis) -> None:
+    """Import buckets are data from Redis, maybe written by another PBX: garbage is ignored,
+    well-formed entries still count."""
+    rdb.hset(store.k_import(CALLER), CALLER[1:],
+             f"garbage,@@,x@y@z,bad@notatime@1,ok@{int(T0)}@25,\n@1@1")
+    facts = store.facts(CALLER, None, T0)
+    assert (facts.record.reports, facts.record.score) == (1, 25.0)
+    assert store.show(CALLER, None, T0)["reporters"] == ["src:ok"]
