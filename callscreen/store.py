@@ -10,21 +10,22 @@ key                          type    content / expiry
 ===========================  ======  ==========================================================
 ``P n:E``                    hash    reputation record: ``s`` score at time ``st`` (decays with
                                      ``reputation.half_life_days``), ``rep`` reports, ``rps``
-                                     distinct reporters, ``c`` calls, ``p``/``f``/``a`` challenge
-                                     passes/fails/abandons, ``fs``/``ls`` first/last seen (epoch
-                                     s). TTL ``reputation.record_ttl_days``, renewed on each write.
-``P n:E:r``                  hash    who reported ``E`` -> time of their last counted vote
-                                     (``pbx/D`` for a line, ``admin``): one vote per reporter per
-                                     ``vote_window_days``. Same TTL as the record.
+                                     distinct reporters, ``rpb`` distinct PBXs among them, ``c``
+                                     calls, ``p``/``f``/``a`` challenge passes/fails/abandons,
+                                     ``fs``/``ls`` first/last seen, ``sp`` spoofed until (epoch s,
+                                     integers); ``v:R`` -> time of reporter ``R``'s last counted
+                                     vote (``pbx/D`` for a line, ``admin``): one vote per
+                                     reporter per ``vote_window_days`` (``rpb`` counts the PBXs
+                                     among them). One key per number (~235 B with one vote).
+                                     TTL ``reputation.record_ttl_days``, renewed on each write.
 ``P i:XXXX``                 hash    imported complaint lists, bucketed: XXXX = 4 hex digits of
-                                     crc32(E) (65,536 buckets, so a bucket holds a few hundred
-                                     numbers at most and stays a compact listpack). Field = ``E``
+                                     crc32(E) (65,536 buckets: ~15 numbers each per million, a
+                                     compact listpack up to ~8M numbers). Field = ``E``
                                      without ``+``; value = ``src@ts@weight`` per source, comma
                                      separated. One vote per source until ``record_ttl_days``;
                                      older entries are ignored when read and pruned when their
                                      number is imported again; the bucket's TTL is renewed by
                                      each import.
-``P n:E:p``                  set     distinct PBXs that reported ``E`` (``rpb`` in the record).
 ``P rl:R``                   string  reports counted for reporter ``R`` this hour (rate limit);
                                      TTL 1 hour.
 ``P rlog:R``                 list    reporter ``R``'s counted votes, newest first:
@@ -244,8 +245,10 @@ def _parse_expiring(value: str | None, now: float) -> tuple[float, str] | None:
     return expiry, label
 
 
-# Decay a record's score to now and add a delta (shared by the scripts below).
+# Decay a record's score to now and add a delta (shared by the scripts below). Times and whole
+# scores are written as integers: a listpack stores "1795891451" in 5 bytes, a float's text in 18.
 _DECAY_ADD = """
+local function int(t) return string.format('%d', t) end
 local function decay_add(rec, now, half, delta)
   local s = tonumber(redis.call('HGET', rec, 's') or '0')
   local st = tonumber(redis.call('HGET', rec, 'st') or now)
@@ -259,8 +262,8 @@ local function decay_add(rec, now, half, delta)
   end
   s = s + delta
   if s < 0 then s = 0 end
-  local txt = string.format('%.4f', s)
-  redis.call('HSET', rec, 's', txt, 'st', tostring(st))
+  local txt = s == math.floor(s) and int(s) or string.format('%.4f', s)
+  redis.call('HSET', rec, 's', txt, 'st', int(st))
   return txt
 end
 """
@@ -271,41 +274,52 @@ local rec = KEYS[1]
 local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local field, ttl = ARGV[4], tonumber(ARGV[5])
 local score = decay_add(rec, now, half, delta)
-redis.call('HSET', rec, 'ls', ARGV[1])
-redis.call('HSETNX', rec, 'fs', ARGV[1])
+redis.call('HSET', rec, 'ls', int(now))
+redis.call('HSETNX', rec, 'fs', int(now))
 if field ~= '' then redis.call('HINCRBY', rec, field, 1) end
 redis.call('EXPIRE', rec, ttl)
 return {1, score}
 """
 
+# Does any line of this PBX vote on the record? Voters of a PBX are fields 'v:PBX/+E164', so the
+# set of PBXs needs no fields of its own (a record rarely has more than a few voters).
+_HAS_VOTER_OF = """
+local function has_voter_of(rec, pbx)
+  local mine = 'v:' .. pbx .. '/'
+  for _, v in ipairs(redis.call('HKEYS', rec)) do
+    if string.sub(v, 1, #mine) == mine then return true end
+  end
+  return false
+end
+"""
+
 # A report: one vote per reporter per window, a per-reporter hourly rate limit, distinct PBXs,
-# and a log of the reporter's counted votes (for rollback). Returns {counted, why-or-score}.
-_REPORT_LUA = _DECAY_ADD + """
-local rec, voters, pbxs, rate, logk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+# and a log of the reporter's counted votes (for rollback). Voters (v:R -> ts) are fields of
+# the record itself: one key per number. Returns {counted, why-or-score}.
+_REPORT_LUA = _DECAY_ADD + _HAS_VOTER_OF + """
+local rec, rate, logk = KEYS[1], KEYS[2], KEYS[3]
 local now, half, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local voter, ttl, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local voter, ttl, window = 'v:' .. ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local pbx, limit, number, logcap = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
-local last = redis.call('HGET', voters, voter)
+local last = redis.call('HGET', rec, voter)
 if last and now - tonumber(last) < window then return {0, 'repeat'} end
 if limit > 0 then
   local n = redis.call('INCR', rate)
   if n == 1 then redis.call('EXPIRE', rate, 3600) end
   if n > limit then return {0, 'rate-limited'} end
 end
-if not last then redis.call('HINCRBY', rec, 'rps', 1) end
-redis.call('HSET', voters, voter, ARGV[1])
-redis.call('EXPIRE', voters, ttl)
-if pbx ~= '' then
-  if redis.call('SADD', pbxs, pbx) == 1 then redis.call('HINCRBY', rec, 'rpb', 1) end
-  redis.call('EXPIRE', pbxs, ttl)
+if not last then
+  redis.call('HINCRBY', rec, 'rps', 1)
+  if pbx ~= '' and not has_voter_of(rec, pbx) then redis.call('HINCRBY', rec, 'rpb', 1) end
 end
+redis.call('HSET', rec, voter, int(now))
 local score = decay_add(rec, now, half, delta)
-redis.call('HSET', rec, 'ls', ARGV[1])
-redis.call('HSETNX', rec, 'fs', ARGV[1])
+redis.call('HSET', rec, 'ls', int(now))
+redis.call('HSETNX', rec, 'fs', int(now))
 redis.call('HINCRBY', rec, 'rep', 1)
 redis.call('EXPIRE', rec, ttl)
 if logk ~= '' then
-  redis.call('LPUSH', logk, ARGV[1] .. '|' .. number .. '|' .. ARGV[3])
+  redis.call('LPUSH', logk, int(now) .. '|' .. number .. '|' .. ARGV[3])
   if logcap > 0 then redis.call('LTRIM', logk, 0, logcap - 1) end
   redis.call('EXPIRE', logk, ttl)
 end
@@ -313,26 +327,18 @@ return {1, score}
 """
 
 # Undo one logged vote: remove what is left of its weight after decay, forget the voter.
-_ROLLBACK_LUA = _DECAY_ADD + """
-local rec, voters, pbxs = KEYS[1], KEYS[2], KEYS[3]
+_ROLLBACK_LUA = _DECAY_ADD + _HAS_VOTER_OF + """
+local rec = KEYS[1]
 local now, half, ts, weight = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-local voter = ARGV[5]
+local voter = 'v:' .. ARGV[5]
 if redis.call('EXISTS', rec) == 0 then return 0 end
 local left = weight * 0.5 ^ ((now - ts) / half)
 decay_add(rec, now, half, -left)
-if redis.call('HDEL', voters, voter) == 1 then
+if redis.call('HDEL', rec, voter) == 1 then
   redis.call('HINCRBY', rec, 'rps', -1)
   local pbx = ARGV[6]
-  if pbx ~= '' then
-    local still = false
-    for _, v in ipairs(redis.call('HKEYS', voters)) do
-      if string.sub(v, 1, #pbx + 1) == pbx .. '/' then still = true break end
-    end
-    if not still and redis.call('SREM', pbxs, pbx) == 1 then
-      redis.call('HINCRBY', rec, 'rpb', -1)
-    end
-  end
+  if pbx ~= '' and not has_voter_of(rec, pbx) then redis.call('HINCRBY', rec, 'rpb', -1) end
 end
 local reports = tonumber(redis.call('HGET', rec, 'rep') or '0')
 if reports > 0 then redis.call('HINCRBY', rec, 'rep', -1) end
@@ -354,8 +360,8 @@ local sbase, squiet, grey_s = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(A
 local nbwin, spoof_s, open_ttl = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
 if rec ~= '' then
   redis.call('HINCRBY', rec, 'c', 1)
-  redis.call('HSETNX', rec, 'fs', ARGV[1])
-  redis.call('HSET', rec, 'ls', ARGV[1])
+  redis.call('HSETNX', rec, 'fs', string.format('%d', now))
+  redis.call('HSET', rec, 'ls', string.format('%d', now))
   redis.call('EXPIRE', rec, ttl)
   redis.call('ZADD', vel, now, ARGV[4])
   redis.call('ZREMRANGEBYSCORE', vel, '-inf', now - window)
@@ -418,7 +424,7 @@ if count < sfactor * usual then return '' end
 redis.call('HSET', storm, 'started', ARGV[1], 'last', ARGV[1], 'forced', '0', 'callers', count)
 redis.call('EXPIRE', storm, squiet)
 redis.call('SET', stormopen, ARGV[1], 'EX', open_ttl)
-redis.call('HSET', linerec, 'sp', tostring(now + spoof_s))
+redis.call('HSET', linerec, 'sp', string.format('%d', now + spoof_s))
 redis.call('EXPIRE', linerec, math.max(ttl, spoof_s))
 return 'started'
 """
@@ -532,9 +538,6 @@ class Store:
     def k_record(self, e164: str) -> str:
         return f"{self.p}n:{check_number(e164)}"
 
-    def k_reporters(self, e164: str) -> str:
-        return f"{self.p}n:{check_number(e164)}:r"
-
     def k_list(self, kind: str, line: str | None = None) -> str:
         if kind not in LIST_KINDS:
             raise ValueError(f"unknown list {kind!r}")
@@ -556,9 +559,6 @@ class Store:
 
     def k_lines_called(self, e164: str) -> str:
         return f"{self.p}vl:{check_number(e164)}"
-
-    def k_pbxs(self, e164: str) -> str:
-        return f"{self.p}n:{check_number(e164)}:p"
 
     def k_rate(self, reporter: str) -> str:
         return f"{self.p}rl:{check_reporter(reporter)}"
@@ -761,8 +761,7 @@ class Store:
             weight = self.rep.admin_report_weight if reporter == ADMIN else self.rep.report_weight
         limit = self.rep.reporter_rate_per_hour if rate_limited and pbx else 0
         counted, detail = self._report(
-            keys=[self.k_record(e164), self.k_reporters(e164), self.k_pbxs(e164),
-                  self.k_rate(voter), self.k_reporter_log(voter)],
+            keys=[self.k_record(e164), self.k_rate(voter), self.k_reporter_log(voter)],
             args=[now, self.half_life_s, weight, voter, self.record_ttl_s, self.vote_window_s,
                   pbx, limit, e164, REPORTER_LOG_CAP],
         )
@@ -829,7 +828,7 @@ class Store:
             except ValueError:
                 continue
             undone += int(self._rollback(
-                keys=[self.k_record(parts[1]), self.k_reporters(parts[1]), self.k_pbxs(parts[1])],
+                keys=[self.k_record(parts[1])],
                 args=[now, self.half_life_s, ts, weight, voter, pbx]))
         self.r.delete(log_key)
         return undone
@@ -990,7 +989,7 @@ class Store:
         raw = self.r.hgetall(self.k_record(e164))
         raw_import = self.r.hget(self.k_import(e164), e164[1:])
         imported = str(raw_import) if raw_import is not None else None
-        reporters = sorted([str(v) for v in self.r.hkeys(self.k_reporters(e164))] + [
+        reporters = sorted([str(k)[2:] for k in raw if str(k).startswith("v:")] + [
             f"src:{name}" for name, _ in self._imports(imported, now)])
         return {
             "number": e164,
@@ -1008,8 +1007,7 @@ class Store:
     def forgive(self, e164: str) -> bool:
         """Reset a number's reputation (record, votes, velocity)."""
         imported = self.r.hdel(self.k_import(e164), e164[1:])
-        return bool(self.r.delete(self.k_record(e164), self.k_reporters(e164),
-                                  self.k_velocity(e164), self.k_pbxs(e164),
+        return bool(self.r.delete(self.k_record(e164), self.k_velocity(e164),
                                   self.k_lines_called(e164)) + imported)
 
     def stats(self) -> dict[str, int]:
@@ -1125,7 +1123,7 @@ _REPORTER_RE = r"(?:admin|src:[a-z0-9][a-z0-9_-]{0,31}|[a-z0-9][a-z0-9_-]{0,31}/
 _LINE_SUFFIXES = "|".join(("allow", "block", "contacts", "trusted", "recent", *_LINE_KEYS))
 _KEY_SHAPES = re.compile(
     r"\A(?:allow|block|emergency|i:[0-9a-f]{4}"
-    rf"|n:{_E164_RE}(?::r|:p)?|v:{_E164_RE}|vl:{_E164_RE}"
+    rf"|n:{_E164_RE}|v:{_E164_RE}|vl:{_E164_RE}"
     rf"|l:{_E164_RE}:(?:{_LINE_SUFFIXES})"
     rf"|rl:{_REPORTER_RE}|rlog:{_REPORTER_RE})\Z"
 )

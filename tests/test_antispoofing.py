@@ -495,7 +495,7 @@ def test_reports_count_distinct_pbxs(store: Store, cfg: Config) -> None:
     store.vote(n, "admin", T0)
     r = rec(store, n)
     assert (r.reports, r.reporters, r.pbxs) == (4, 4, 2)
-    assert sorted(store.r.hkeys(store.k_reporters(n))) == [
+    assert store.show(n, None, T0)["reporters"] == [
         "admin", f"local/{LINE_US}", f"local/{LINE}", f"other/{LINE}"]
 
 
@@ -513,7 +513,7 @@ def test_reporter_rollback_undoes_a_lines_votes(store: Store, rdb: redis.Redis) 
     r1, r2, r3 = rec(store, n1, later), rec(store, n2, later), rec(store, n3, later)
     assert r1.score == pytest.approx(12.5, abs=0.01)  # LINE_US's 25, one half-life later
     assert (r1.reports, r1.reporters) == (1, 1)
-    assert rdb.hkeys(store.k_reporters(n1)) == [f"local/{LINE_US}"]
+    assert store.show(n1, None, later)["reporters"] == [f"local/{LINE_US}"]
     assert (r2.score, r2.reports, r2.reporters) == (0.0, 0, 0)
     assert r3.score == pytest.approx(20.0, abs=0.01) and r3.reports == 1  # untouched
     assert rdb.exists(store.k_reporter_log(f"local/{LINE}")) == 0

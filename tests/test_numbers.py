@@ -301,7 +301,6 @@ def test_no_raw_input_can_shape_a_key(raw: str) -> None:
         return
     keys = {
         "n:": KEY_STORE.k_record(e164),
-        "n:/r": KEY_STORE.k_reporters(e164),
         "v:": KEY_STORE.k_velocity(e164),
         "l:": KEY_STORE.k_list("block", e164),
         "l:c": KEY_STORE.k_contacts(e164),
@@ -309,7 +308,7 @@ def test_no_raw_input_can_shape_a_key(raw: str) -> None:
         "l:r": KEY_STORE.k_recent(e164),
     }
     shapes = {
-        "n:": r"cs:n:(?P<num>.*)", "n:/r": r"cs:n:(?P<num>.*):r", "v:": r"cs:v:(?P<num>.*)",
+        "n:": r"cs:n:(?P<num>.*)", "v:": r"cs:v:(?P<num>.*)",
         "l:": r"cs:l:(?P<num>.*):block", "l:c": r"cs:l:(?P<num>.*):contacts",
         "l:t": r"cs:l:(?P<num>.*):trusted", "l:r": r"cs:l:(?P<num>.*):recent",
     }
@@ -318,6 +317,7 @@ def test_no_raw_input_can_shape_a_key(raw: str) -> None:
         assert m is not None, key
         assert re.fullmatch(r"\+[0-9]+", m.group("num")), key
         assert key.isascii() and key.isprintable()
+    assert re.fullmatch(r"cs:i:[0-9a-f]{4}", KEY_STORE.k_import(e164))  # import bucket
 
 
 @pytest.mark.parametrize("bad", ["garbage", "", "0199000001", "+33 199000001", "+0199000001",

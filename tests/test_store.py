@@ -225,10 +225,10 @@ def test_every_key_written_on_the_call_path_has_a_ttl(store: Store, rdb: redis.R
     store.add_contact(LINE_US, CALLER, now, 365 * 86400)
     keys = sorted(rdb.keys("*"))
     assert set(keys) == {
-        store.k_record(CALLER), store.k_reporters(CALLER), store.k_velocity(CALLER),
+        store.k_record(CALLER), store.k_velocity(CALLER),
         store.k_recent(LINE_FR), store.k_recent(LINE_US), store.k_record(OTHER),
         store.k_trusted(LINE_FR), store.k_contacts(LINE_US),
-        store.k_pbxs(CALLER), store.k_lines_called(CALLER),
+        store.k_lines_called(CALLER),
         store.k_rate(f"local/{LINE_FR}"), store.k_reporter_log(f"local/{LINE_FR}"),
     }
     for key in keys:
@@ -395,12 +395,12 @@ def populate(store: Store) -> None:
 def test_export_flush_import_round_trip(store: Store, rdb: redis.Redis) -> None:
     populate(store)
     before = {rec["key"]: rec for rec in store.export()}
-    assert len(before) == rdb.dbsize() == 15  # every key callscreen wrote, new shapes included
+    assert len(before) == rdb.dbsize() == 13  # every key callscreen wrote, new shapes included
     types_before = {k: rdb.type(store.p + k) for k in before}
     json.loads(json.dumps(list(before.values())))  # JSON-able
 
     rdb.flushdb()
-    assert store.import_records(json.loads(json.dumps(list(before.values())))) == 15
+    assert store.import_records(json.loads(json.dumps(list(before.values())))) == 13
 
     after = {rec["key"]: rec for rec in store.export()}
     assert after.keys() == before.keys()
@@ -480,7 +480,7 @@ def test_200_concurrent_reports_are_counted_exactly(shared_store: Store, rdb: re
     assert errors == []
     record = shared_store.facts(CALLER, None, T0 + 1).record
     assert (record.reports, record.reporters) == (200, 200)
-    assert rdb.hlen(shared_store.k_reporters(CALLER)) == 200
+    assert len(shared_store.show(CALLER, None, T0 + 1)["reporters"]) == 200
     # the score is exact too (no lost update): 200 x 25, decayed by under a second
     assert record.score == pytest.approx(200 * 25, rel=1e-3)
 
