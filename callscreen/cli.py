@@ -396,6 +396,7 @@ def import_backup(state: State, source: Any) -> None:
 
 
 _WEIGHT_HELP = "Weight of each imported vote (default reputation.report_weight)."
+_WORKERS_HELP = "Processes that parse numbers (default: one per CPU; 1: none)."
 
 
 @import_group.command("ftc-dnc")
@@ -403,12 +404,14 @@ _WEIGHT_HELP = "Weight of each imported vote (default reputation.report_weight).
 @click.option("--source", default=imports.FTC_SOURCE, show_default=True,
               help="Reporter name (src:NAME): rolled back with `reporter rollback src:NAME`.")
 @click.option("--weight", type=float, help=_WEIGHT_HELP)
+@click.option("--workers", type=click.IntRange(min=1), help=_WORKERS_HELP)
 @click.pass_obj
-def import_ftc_cmd(state: State, path: str, source: str, weight: float | None) -> None:
+def import_ftc_cmd(state: State, path: str, source: str, weight: float | None,
+                   workers: int | None) -> None:
     """Import the FTC Do Not Call reported-calls CSV: one vote per number, counted once."""
     run_import(state, path, lambda progress: imports.import_ftc(
         _import_source(path), state.store, state.cfg, source=source, weight=weight,
-        progress=progress))
+        progress=progress, workers=workers))
 
 
 @import_group.command("csv")
@@ -420,14 +423,17 @@ def import_ftc_cmd(state: State, path: str, source: str, weight: float | None) -
 @click.option("--delimiter", default=",", show_default=True)
 @click.option("--no-header", is_flag=True, help="The first row is data (needs a column index).")
 @click.option("--weight", type=float, help=_WEIGHT_HELP)
+@click.option("--workers", type=click.IntRange(min=1), help=_WORKERS_HELP)
 @click.pass_obj
 def import_csv_cmd(state: State, path: str, number_column: str, label: str, region: str | None,
-               delimiter: str, no_header: bool, weight: float | None) -> None:
+               delimiter: str, no_header: bool, weight: float | None,
+               workers: int | None) -> None:
     """Import any CSV list of nuisance numbers under a source name of your choice."""
     run_import(state, path, lambda progress: imports.import_csv(
         _import_source(path), state.store, state.cfg,
         number_column=imports.parse_column(number_column), label=label, region=region,
-        delimiter=delimiter, header=not no_header, weight=weight, progress=progress))
+        delimiter=delimiter, header=not no_header, weight=weight, progress=progress,
+        workers=workers))
 
 
 def _import_source(path: str) -> imports.Source:

@@ -32,10 +32,13 @@ import csv
 import io
 import logging
 import math
+import multiprocessing
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -45,7 +48,7 @@ import phonenumbers
 import redis
 
 from callscreen.config import Config
-from callscreen.numbers import normalise
+from callscreen.numbers import is_e164, read_number
 from callscreen.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,9 @@ SOURCE_NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,31}\Z")
 
 PROGRESS_EVERY = 1000  # rows between two progress() calls
 CHUNK = 5000  # numbers per store.import_reports call: the counts survive a failure up to here
-PIPELINE_BATCH = 1000  # commands per Redis round trip inside one chunk
+PIPELINE_BATCH = 1000  # numbers per Redis round trip inside one chunk
+PARSE_BATCH = 2000  # rows handed to a parser process at a time
+PARSE_AHEAD = 4  # batches in flight at most: memory stays bounded whatever the file's size
 MAX_EXAMPLES = 5
 _EXAMPLE_CHARS = 40
 
@@ -150,6 +155,7 @@ def import_ftc(
     source: str = FTC_SOURCE,
     weight: float | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ImportSummary:
     """Import the FTC Do Not Call "reported calls" CSV (all eight columns of FTC_COLUMNS).
 
@@ -170,7 +176,7 @@ def import_ftc(
                 f"{', '.join(missing)} (header: {_show_header(header)})"
             )
         return _run(reader, columns[FTC_NUMBER_COLUMN.lower()], name, store, source, weight,
-                    now, "US", (), 1, progress)
+                    now, "US", (), 1, progress, workers)
 
 
 def import_csv(
@@ -187,6 +193,7 @@ def import_csv(
     now: float | None = None,
     weight: float | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ImportSummary:
     """Import any list of numbers, one per row: ``label`` becomes the source (``src:<label>``).
 
@@ -194,6 +201,9 @@ def import_csv(
     :func:`parse_column` for command-line text). header=False: the first row is data (only with
     an index). Numbers are read in ``region`` (default cfg.region) with cfg.strip_prefixes (a list
     exported from our own PBX has the trunk's notation; pass ``strip_prefixes=()`` to disable).
+
+    workers: parser processes (default: one per CPU; 1 parses in this process). Numbers are
+    parsed by batches of PARSE_BATCH rows, the first one here, so a small file starts none.
     """
     source = _check_source(label)
     weight = _check_weight(cfg, weight)
@@ -227,7 +237,7 @@ def import_csv(
                                    f"(header: {_show_header(names)})")
             index = columns[number_column.strip().lower()]
         return _run(reader, index, name, store, source, weight, now, region, strip, None,
-                    progress)
+                    progress, workers)
 
 
 def parse_column(text: str) -> str | int:
@@ -336,12 +346,15 @@ def _run(
     strip: tuple[str, ...],
     only_country_code: int | None,
     progress: Progress | None,
+    workers: int | None,
 ) -> ImportSummary:
     summary = ImportSummary(source=source, file=name, weight=weight)
     started = time.perf_counter()
     when = time.time() if now is None else now
     cursor = _Cursor()
-    numbers = _numbers(reader, index, summary, region, strip, only_country_code, progress, cursor)
+    parse = _Parse(region, strip, only_country_code)
+    jobs = (os.cpu_count() or 1) if workers is None else max(1, workers)
+    numbers = _numbers(reader, index, summary, parse, jobs, progress, cursor)
     try:
         while not cursor.done:
             counted, already = store.import_reports(islice(numbers, CHUNK), source, when, weight,
@@ -365,47 +378,102 @@ def _run(
     return summary
 
 
+@dataclass(frozen=True, slots=True)
+class _Parse:
+    """How to read the numbers of one file; runs in parser processes too (picklable)."""
+    region: str
+    strip: tuple[str, ...]
+    only_country_code: int | None
+
+    def __call__(self, raws: list[str | None]) -> list[tuple[str | None, str]]:
+        """(E.164, "") or (None, reject reason) per number field; None: the row had no such
+        field."""
+        return [(None, "short-row") if raw is None
+                else _classify(raw, self.region, self.strip, self.only_country_code)
+                for raw in raws]
+
+
 def _numbers(
     reader: Any,
     index: int,
     summary: ImportSummary,
-    region: str,
-    strip: tuple[str, ...],
-    only_country_code: int | None,
+    parse: _Parse,
+    workers: int,
     progress: Progress | None,
     cursor: _Cursor,
 ) -> Iterator[str]:
     """E.164 numbers to vote for, once each; every other row is counted in the summary."""
     seen: set[int] = set()  # E.164 digits as ints: ~30 B less per number than the str
     # Repeats of a plain 10-digit NANP number (the FTC's notation) skip phonenumbers (~45 us a
-    # row): its national reading is tried first by normalise(), so if "+1" + raw was seen, that
-    # is what it would give again. Only without strip prefixes, which could change the reading.
-    nanp_fast = phonenumbers.country_code_for_region(region) == 1 and not strip
-    for row in reader:
-        if not row:
-            continue  # a blank line is not a row
-        summary.rows += 1
-        if progress is not None and summary.rows % PROGRESS_EVERY == 0:
-            progress(summary.rows)
-        if index >= len(row):
-            summary.reject(reader.line_num, "short-row", "")
-            continue
-        raw = row[index].strip()
-        if nanp_fast and len(raw) == 10 and raw.isascii() and raw.isdigit():
-            if int("1" + raw) in seen:
+    # row): its national reading is tried first by read_number(), so if "+1" + raw was seen,
+    # that is what it would give again. Only without strip prefixes, which could change the
+    # reading. (`seen` lags behind the batches in flight: a repeat it misses is parsed, then
+    # counted as a duplicate all the same.)
+    nanp_fast = phonenumbers.country_code_for_region(parse.region) == 1 and not parse.strip
+
+    def batches() -> Iterator[tuple[list[int], list[str | None]]]:
+        lines: list[int] = []
+        raws: list[str | None] = []
+        for row in reader:
+            if not row:
+                continue  # a blank line is not a row
+            summary.rows += 1
+            if progress is not None and summary.rows % PROGRESS_EVERY == 0:
+                progress(summary.rows)
+            raw = row[index].strip() if index < len(row) else None
+            if (nanp_fast and raw is not None and len(raw) == 10 and raw.isascii()
+                    and raw.isdigit() and int("1" + raw) in seen):
                 summary.duplicates += 1
                 continue
-        e164, reason = _classify(raw, region, strip, only_country_code)
-        if e164 is None:
-            summary.reject(reader.line_num, reason, raw)
-            continue
-        key = int(e164[1:])
-        if key in seen:
-            summary.duplicates += 1
-            continue
-        seen.add(key)
-        yield e164
+            lines.append(reader.line_num)
+            raws.append(raw)
+            if len(raws) == PARSE_BATCH:
+                yield lines, raws
+                lines, raws = [], []
+        if raws:
+            yield lines, raws
+
+    for lines, raws, results in _parsed(batches(), parse, workers):
+        for line, raw, (e164, reason) in zip(lines, raws, results, strict=True):
+            if e164 is None:
+                summary.reject(line, reason, raw or "")
+                continue
+            key = int(e164[1:])
+            if key in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(key)
+            yield e164
     cursor.done = True
+
+
+def _parsed(
+    batches: Iterator[tuple[list[int], list[str | None]]], parse: _Parse, workers: int
+) -> Iterator[tuple[list[int], list[str | None], list[tuple[str | None, str]]]]:
+    """Each batch with its parse results, in file order. From the second batch on, with
+    workers > 1, parsing runs in that many processes (phonenumbers is pure Python: threads would
+    share one core) while this one reads the file and writes to Redis."""
+    pool: ProcessPoolExecutor | None = None
+    pending: deque[tuple[list[int], list[str | None], Future[list[tuple[str | None, str]]]]]
+    pending = deque()
+    try:
+        for number, (lines, raws) in enumerate(batches):
+            if number == 1 and workers > 1:
+                # fork: the children need nothing but this module, already imported.
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            if pool is None:
+                yield lines, raws, parse(raws)
+                continue
+            pending.append((lines, raws, pool.submit(parse, raws)))
+            if len(pending) >= PARSE_AHEAD:
+                done_lines, done_raws, result = pending.popleft()
+                yield done_lines, done_raws, result.result()
+        while pending:
+            done_lines, done_raws, result = pending.popleft()
+            yield done_lines, done_raws, result.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _classify(
@@ -414,16 +482,15 @@ def _classify(
     """(E.164, "") for a number worth a vote, else (None, reject reason)."""
     if not raw:
         return None, "empty"
-    facts = normalise(raw, region, strip_prefixes=strip)
-    if facts.e164 is None:
+    parsed, valid, kind = read_number(raw, region, strip_prefixes=strip)
+    if parsed is None:
         if "\ufffd" in raw:
             return None, "bad-encoding"
         # Digits that make no number of any possible length, or no digits at all.
-        return None, "impossible" if facts.raw_kind in ("unparseable", "too_long") else "unparseable"
-    if not facts.possible:
-        return None, "impossible"
-    if not facts.valid:
-        return None, "invalid"
-    if only_country_code is not None and facts.country_code != only_country_code:
+        return None, "impossible" if kind in ("unparseable", "too_long") else "unparseable"
+    if not valid:
+        return None, "invalid" if phonenumbers.is_possible_number(parsed) else "impossible"
+    if only_country_code is not None and parsed.country_code != only_country_code:
         return None, "foreign"
-    return facts.e164, ""
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return (e164, "") if is_e164(e164) else (None, "unparseable")

@@ -181,6 +181,26 @@ def normalise(
     strip_prefixes: Iterable[str] = (),
 ) -> NumberFacts:
     """Normalise one caller ID. Never raises; anything odd becomes anonymous or invalid."""
+    read = _read(raw, region, callingpres, strip_prefixes)
+    return read if isinstance(read, NumberFacts) else facts_for(*read)
+
+
+def read_number(
+    raw: str, region: str, *, strip_prefixes: Iterable[str] = ()
+) -> tuple[phonenumbers.PhoneNumber | None, bool, str]:
+    """(parsed number or None, valid, raw kind): the reading normalise() makes, without the facts
+    a bulk import does not need (number type, country), which cost as much again."""
+    read = _read(raw, region, None, strip_prefixes)
+    if isinstance(read, NumberFacts):
+        return None, False, read.raw_kind
+    parsed, region_code = read
+    return parsed, region_code is not None, "parsed"
+
+
+def _read(
+    raw: str | None, region: str, callingpres: str | None, strip_prefixes: Iterable[str]
+) -> NumberFacts | tuple[phonenumbers.PhoneNumber, str | None]:
+    """The best reading of a caller ID and its region when valid, or the facts of a non-number."""
     if raw is None or presentation_withheld(callingpres):
         return ANONYMOUS
     if len(raw) > MAX_RAW_LENGTH:
@@ -201,29 +221,32 @@ def normalise(
             parsed = phonenumbers.parse(text, hint)
         except NumberParseException:
             continue
-        if phonenumbers.is_valid_number(parsed):
-            best = parsed
-            break
+        # is_valid_number() is exactly these two calls; keeping the region saves finding it
+        # again (the costly part for a country code shared by many regions, like +1).
+        region_code = phonenumbers.region_code_for_number(parsed)
+        if region_code is not None and phonenumbers.is_valid_number_for_region(parsed, region_code):
+            return parsed, region_code
         if best is None and phonenumbers.is_possible_number(parsed):
             best = parsed
     if best is None:
         return NumberFacts(None, False, False, False, "unknown", None, None, None, "unparseable")
-    return facts_for(best)
+    return best, None
 
 
-def facts_for(parsed: phonenumbers.PhoneNumber) -> NumberFacts:
+def facts_for(parsed: phonenumbers.PhoneNumber, valid_region: str | None) -> NumberFacts:
+    """Facts of a parsed number; valid_region is its region when it is valid, else None."""
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if not is_e164(e164):  # belt and braces: nothing but +digits ever becomes a key
         return NumberFacts(None, False, False, False, "unknown", None, None, None, "unparseable")
-    valid = phonenumbers.is_valid_number(parsed)
-    region = phonenumbers.region_code_for_number(parsed) if valid else None
+    valid = valid_region is not None
+    region = valid_region
     if region is None:
         region = phonenumbers.region_code_for_country_code(parsed.country_code or 0)
         region = None if region == phonenumbers.UNKNOWN_REGION else region
     return NumberFacts(
         e164=e164,
         anonymous=False,
-        possible=phonenumbers.is_possible_number(parsed),
+        possible=valid or phonenumbers.is_possible_number(parsed),
         valid=valid,
         number_type=_TYPE_NAMES.get(phonenumbers.number_type(parsed), "unknown"),
         country=region,

@@ -102,6 +102,8 @@ _OUTCOME_FIELD = {"pass": "p", "fail": "f", "abandon": "a"}
 _LABEL_MAX = 64
 # Votes kept per line reporter for rollback (the hourly rate limit bounds a line far below).
 REPORTER_LOG_CAP = 10_000
+# Imported numbers per script call: one call per number cost more to pack than to run.
+IMPORT_NUMBERS_PER_CALL = 100
 
 
 class StoreUnavailable(Exception):
@@ -430,27 +432,34 @@ return 'started'
 """
 
 # Add an expiring member to a per-line hash and keep the key's TTL >= the latest expiry.
-# One imported number: a vote of the source unless it already voted (entries past the TTL are
-# pruned on the way). Returns 1 when counted, 0 when the source had it already.
+# Imported numbers, many per call: KEYS[i] is the bucket of number ARGV[4 + i]. Each gets a vote
+# of the source unless it already voted (entries past the TTL are pruned on the way). Returns how
+# many were counted; the others were there already.
 _IMPORT_LUA = """
-local key, field, src = KEYS[1], ARGV[1], ARGV[2]
-local now, weight, ttl = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local keep, already = {}, false
-local cur = redis.call('HGET', key, field)
-if cur then
-  for item in string.gmatch(cur, '[^,]+') do
-    local name, ts = string.match(item, '^([^@]+)@(%d+)@')
-    if name and tonumber(ts) + ttl > now then
-      if name == src then already = true end
-      table.insert(keep, item)
+local src, now, weight, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local vote = src .. '@' .. string.format('%d', now) .. '@' .. weight
+local counted = 0
+for i, key in ipairs(KEYS) do
+  local field = ARGV[4 + i]
+  local keep, already = {}, false
+  local cur = redis.call('HGET', key, field)
+  if cur then
+    for item in string.gmatch(cur, '[^,]+') do
+      local name, ts = string.match(item, '^([^@]+)@(%d+)@')
+      if name and tonumber(ts) + ttl > now then
+        if name == src then already = true end
+        table.insert(keep, item)
+      end
     end
   end
+  if not already then
+    table.insert(keep, vote)
+    redis.call('HSET', key, field, table.concat(keep, ','))
+    redis.call('EXPIRE', key, ttl)
+    counted = counted + 1
+  end
 end
-if already then return 0 end
-table.insert(keep, src .. '@' .. string.format('%d', now) .. '@' .. weight)
-redis.call('HSET', key, field, table.concat(keep, ','))
-redis.call('EXPIRE', key, ttl)
-return 1
+return counted
 """
 
 # Remove one source from an import bucket. Returns the numbers it no longer votes for.
@@ -776,32 +785,37 @@ class Store:
     def import_reports(self, numbers: Iterable[str], source: str, now: float, weight: float,
                        batch: int = 1000) -> tuple[int, int]:
         """Imported entries weigh like one report from `source` (idempotent: one vote each until
-        the record TTL). Stored in the compact import buckets (``P i:XXXX``), pipelined; returns
-        (counted, already_there)."""
+        the record TTL). Stored in the compact import buckets (``P i:XXXX``), many numbers per
+        script call and about `batch` numbers per round trip; returns (counted, already_there)."""
         name = check_reporter(f"src:{source}")[4:]
-        counted = repeated = 0
-        pending = 0
+        counted = total = sent = 0  # sent: numbers whose replies are in
         pipe = self.r.pipeline(transaction=False)
-        stamp, weight_txt = int(now), f"{weight:g}"
+        head: list[str | int] = [name, int(now), f"{weight:g}", self.record_ttl_s]
+        keys: list[str] = []
+        fields: list[str | int] = []
+
+        def call() -> None:
+            self._import(keys=keys.copy(), args=head + fields, client=pipe)
+            keys.clear()
+            fields.clear()
 
         def flush() -> None:
-            nonlocal counted, repeated, pending
-            for ok in pipe.execute():
-                if int(ok):
-                    counted += 1
-                else:
-                    repeated += 1
-            pending = 0
+            nonlocal counted
+            counted += sum(int(n) for n in pipe.execute())
 
         for e164 in numbers:
-            self._import(keys=[self.k_import(e164)],
-                         args=[e164[1:], name, stamp, weight_txt, self.record_ttl_s], client=pipe)
-            pending += 1
-            if pending >= batch:
-                flush()
-        if pending:
-            flush()
-        return counted, repeated
+            keys.append(self.k_import(e164))
+            fields.append(e164[1:])
+            total += 1
+            if len(keys) == IMPORT_NUMBERS_PER_CALL:
+                call()
+                if total - sent >= batch:
+                    flush()
+                    sent = total
+        if keys:
+            call()
+        flush()
+        return counted, total - counted
 
     def _rollback_import(self, source: str) -> int:
         removed = 0

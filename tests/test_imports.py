@@ -424,3 +424,45 @@ def test_a_foreign_bucket_value_is_read_defensively(store: Store, rdb: redis.Red
     facts = store.facts(CALLER, None, T0)
     assert (facts.record.reports, facts.record.score) == (1, 25.0)
     assert store.show(CALLER, None, T0)["reporters"] == ["src:ok"]
+
+
+def test_parser_processes_give_the_same_summary(store: Store, cfg: Config, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several batches of rows parsed in other processes: same counts, same rejects at the same
+    lines (in file order) as parsing here, and the processes really ran."""
+    from callscreen import imports
+
+    npas = fiction_npas()
+    rng = random.Random(7)
+    lines = ["date,number"]
+    for i in range(3 * imports.PARSE_BATCH + 123):
+        if i % 997 == 0:
+            lines.append("2024-03-04,N/A")
+        elif i % 1499 == 0:
+            lines.append("2024-03-04")  # no number column: short-row
+        else:
+            n = f"{rng.choice(npas)}55501{rng.randrange(100):02d}"
+            lines.append(f"2024-03-04,{n if i % 3 else f'({n[:3]}) {n[3:6]}-{n[6:]}'}")
+    path = tmp_path / "batches.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    pools: list[int] = []
+
+    class CountingPool(imports.ProcessPoolExecutor):
+        def __init__(self, workers: int, **kwargs: object) -> None:
+            pools.append(workers)
+            super().__init__(workers, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imports, "ProcessPoolExecutor", CountingPool)
+    here = import_csv(path, store, cfg, number_column="number", region="US", now=T0,
+                      label="here", workers=1)
+    assert pools == []
+    there = import_csv(path, store, cfg, number_column="number", region="US", now=T0,
+                       label="there", workers=2)
+    assert pools == [2]
+    assert here.rows == there.rows == len(lines) - 1
+    assert (here.imported, here.duplicates, here.rejected) == (
+        there.imported, there.duplicates, there.rejected)
+    assert here.examples == there.examples
+    assert [e.line for e in here.examples] == sorted(e.line for e in here.examples)
+    assert set(here.rejected) == {"unparseable", "short-row"}
