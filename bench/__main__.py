@@ -1,8 +1,9 @@
-"""`python -m bench [all|memory|startup|fastagi|asterisk] [--quick]`: run benchmarks, print
-each one's JSON and write them all to bench/results/latest.json. Benchmarks assert nothing.
+"""`python -m bench [all|memory|startup|fastagi|asterisk|import] [--quick]`: run benchmarks,
+print each one's JSON and write them all to bench/results/latest.json. Benchmarks assert nothing.
 
 all (default): memory at 100k numbers, process-AGI start-up, FastAGI load with 1M preloaded
-numbers (--quick: 100k and fewer calls), and calls through the Asterisk sandbox when it can run.
+numbers, calls through the Asterisk sandbox when it can run, and an FTC import of 1M rows
+(--quick: smaller numbers everywhere).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def run(module: str, *args: str) -> dict[str, object]:
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     names = [a for a in argv if not a.startswith("--")] or ["all"]
-    wanted = {"memory", "startup", "fastagi", "asterisk"} if "all" in names else set(names)
+    wanted = ({"memory", "startup", "fastagi", "asterisk", "import"} if "all" in names
+              else set(names))
     results: dict[str, object] = {"quick": quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if "memory" in wanted:
         results["memory"] = run("bench.store_memory", "--count", "20000" if quick else "100000")
@@ -52,6 +54,8 @@ def main(argv: list[str]) -> int:
             print(f"== asterisk skipped: {reason}")
         else:
             results["asterisk"] = run("bench.asterisk_calls", "--calls", "40" if quick else "200")
+    if "import" in wanted:
+        results["import"] = run("bench.import_rate", "--rows", "100000" if quick else "1000000")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     print(f"written to {RESULTS / 'latest.json'}")

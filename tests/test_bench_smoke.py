@@ -32,3 +32,12 @@ def test_fastagi_load_bench_runs_without_errors() -> None:
     assert isinstance(levels, dict)
     assert all(level["errors"] == 0 for level in levels.values())
     assert data["leak_check"]["errors"] == 0  # type: ignore[index]
+
+
+def test_import_rate_bench_counts_every_row() -> None:
+    data = run_bench("bench.import_rate", "--rows", "2000")
+    for kind in ("repeated", "distinct"):
+        figures = data[kind]
+        assert isinstance(figures, dict)
+        assert figures["stored"] == figures["distinct"] > 0  # the import wrote what the file held
+        assert float(figures["rows_per_s"]) > 0 and float(figures["floor_rows_per_s"]) > 0
