@@ -41,8 +41,13 @@ class YamlError(ValueError):
     """A file that is not valid YAML, with its file:line."""
 
 
+# libyaml's parser when PyYAML was built with it (Debian's and PyPI's wheels are): the same safe
+# constructors, several times faster, which a process AGI pays on every call.
+_SAFE_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _loader_for(filename: str) -> type[yaml.SafeLoader]:
-    class _Loader(yaml.SafeLoader):
+    class _Loader(_SAFE_BASE):  # type: ignore[valid-type,misc]
         pass
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> SourceDict:

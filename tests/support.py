@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,3 +96,13 @@ def lines_config(redis_url: str, yaml_text: str) -> Config:
     """A config from a YAML snippet, pointed at a test Redis and the repo's rules."""
     cfg = config_mod.load_text(yaml_text, "test.yaml")
     return replace(cfg, redis=RedisConfig(url=redis_url), rules_dir=RULES_DIR)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """A bounded poll, for what really takes time (Redis TTLs, a server thread, a channel)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

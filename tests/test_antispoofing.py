@@ -18,7 +18,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 from fake_asterisk import HANGUP, Channel, FakeAsterisk, by_verb, fastagi_env, run_direct, typed
-from support import RedisServer, lines_config
+from support import RedisServer, lines_config, wait_for
 
 from callscreen import notify
 from callscreen.config import Config, StormConfig
@@ -77,15 +77,6 @@ def call(store: Store, number: str, now: float, line: str = LINE, **kw: Any) -> 
     return store.record_call(number, line, now, kw.pop("action", "allow"),
                              kw.pop("reason", "default"), **kw)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """A bounded poll (only for real Redis TTLs)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def with_storm(cfg: Config, **kw: Any) -> Config:
@@ -216,7 +207,7 @@ def test_storm_ends_after_quiet_and_is_announced_once(quick_store: Store) -> Non
             result = call(quick_store, unknown(i), now + i, line)
         assert result == "started"
     assert line_facts(quick_store, LINE, now).storm
-    assert wait_until(lambda: not line_facts(quick_store, LINE, now).storm
+    assert wait_for(lambda: not line_facts(quick_store, LINE, now).storm
                       and not line_facts(quick_store, LINE_US, now).storm)
     # LINE: the next call (a contact: any call) notices the end, once.
     assert call(quick_store, unknown(100), now + 10, unknown=False) == "ended"
@@ -237,7 +228,7 @@ def test_storm_does_not_restart_on_the_next_unknown_caller_after_ending(
     for i in range(1, 7):
         call(store, unknown(i), now + i)
     rdb.pexpire(store.k_line(LINE, "storm"), 1)  # the quiet TTL runs out
-    assert wait_until(lambda: not line_facts(store, LINE, now).storm)
+    assert wait_for(lambda: not line_facts(store, LINE, now).storm)
     if noticed_by == "call":
         assert call(store, unknown(20), now + 40 * 60, unknown=False) == "ended"
     else:
@@ -339,7 +330,7 @@ def test_engine_announces_storm_start_and_end(engine: Engine, rdb: redis.Redis,
     assert engine.store is not None
     storm_key = engine.store.k_line(LINE, "storm")
     rdb.pexpire(storm_key, 1)
-    assert wait_until(lambda: not rdb.exists(storm_key))
+    assert wait_for(lambda: not rdb.exists(storm_key))
     decide_and_record(engine, unknown(7), now + 7)
     assert notices.calls[1:] == [("end", LINE, 0)]
     assert any(r.getMessage().startswith(f"callback storm ended on line {LINE}")
@@ -818,7 +809,7 @@ def test_emergency_callback_beats_the_blocklist_until_it_expires(engine: Engine,
     assert verdict() == ("allow", "emergency-callback")
     key = engine.store.k_emergency()
     rdb.pexpire(key, 1)  # the minute is over
-    assert wait_until(lambda: not rdb.exists(key))
+    assert wait_for(lambda: not rdb.exists(key))
     assert verdict() == ("block", "blocklist")
 
 

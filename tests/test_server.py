@@ -29,7 +29,7 @@ from fake_asterisk import (
     in_order,
     tcp_peer,
 )
-from support import REPO, RedisServer
+from support import REPO, RedisServer, wait_for
 
 from callscreen import handlers
 from callscreen import server as server_mod
@@ -110,14 +110,6 @@ def server_side_sockets(port: int) -> int:
     return count
 
 
-def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
 
 def closed_by_server(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
     """(closed within timeout, bytes received before the close)."""
@@ -184,7 +176,7 @@ def test_fifty_concurrent_calls(engine: Engine, start_server: Start) -> None:
         assert v["SCREEN_DEGRADED"] == "0"
     assert time.monotonic() - started < 15
     assert srv.calls_total == 50
-    assert wait_until(lambda: srv.in_flight() == 0, 5)
+    assert wait_for(lambda: srv.in_flight() == 0, 5)
     assert all(engine.store.facts(n, LINE, time.time()).record.calls == 1 for n in callers)
 
 
@@ -214,12 +206,12 @@ def test_200_idle_connections_leave_no_thread_or_fd(engine: Engine,
                                                     start_server: Start) -> None:
     srv = start_server(engine)
     call(srv)  # warm up: Redis pool connection, watchdog and maintenance threads
-    assert wait_until(lambda: srv.in_flight() == 0, 5)
+    assert wait_for(lambda: srv.in_flight() == 0, 5)
     threads_before, fds_before = threading.active_count(), fd_count()
 
     clients = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(200)]
     try:
-        assert wait_until(lambda: srv.calls_total >= 201, 5)
+        assert wait_for(lambda: srv.calls_total >= 201, 5)
         assert threading.active_count() > threads_before  # a thread per connection, for now
         assert server_side_sockets(srv.port) > 100  # the probe below sees them
         pending = set(clients)
@@ -237,11 +229,11 @@ def test_200_idle_connections_leave_no_thread_or_fd(engine: Engine,
     finally:
         for s in clients:
             s.close()
-    assert wait_until(lambda: srv.in_flight() == 0, 3)
-    assert wait_until(lambda: threading.active_count() <= threads_before, 3), (
+    assert wait_for(lambda: srv.in_flight() == 0, 3)
+    assert wait_for(lambda: threading.active_count() <= threads_before, 3), (
         threading.active_count(), threads_before)
-    assert wait_until(lambda: server_side_sockets(srv.port) == 0, 3), server_side_sockets(srv.port)
-    assert wait_until(lambda: fd_count() <= fds_before, 3), (fd_count(), fds_before)
+    assert wait_for(lambda: server_side_sockets(srv.port) == 0, 3), server_side_sockets(srv.port)
+    assert wait_for(lambda: fd_count() <= fds_before, 3), (fd_count(), fds_before)
 
 
 def test_connections_past_max_calls_are_closed_at_once(
@@ -250,7 +242,7 @@ def test_connections_past_max_calls_are_closed_at_once(
     srv = start_server(engine)
     busy = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
     try:
-        assert wait_until(lambda: srv.in_flight() == 2, 5)
+        assert wait_for(lambda: srv.in_flight() == 2, 5)
         with socket.create_connection(("127.0.0.1", srv.port)) as extra:
             started = time.monotonic()
             closed, got = closed_by_server(extra, MARGIN_S)
@@ -260,7 +252,7 @@ def test_connections_past_max_calls_are_closed_at_once(
     finally:
         for s in busy:
             s.close()
-    assert wait_until(lambda: srv.in_flight() == 0, 3)
+    assert wait_for(lambda: srv.in_flight() == 0, 3)
     assert call(srv).screen_vars()["SCREEN_ACTION"] == "allow"  # capacity is back
 
 
@@ -311,7 +303,7 @@ def test_screen_call_without_challenge_is_released_after_call_deadline(
     peer = tcp_peer(srv.port, lambda c, p: SILENT, idle_timeout=10)
     try:
         peer.start(env(port=srv.port))  # ORDINARY: default allow, no challenge
-        assert wait_until(lambda: peer.eof, eng.cfg.server.call_deadline_s + DEADLINE_GRACE_S + 1)
+        assert wait_for(lambda: peer.eof, eng.cfg.server.call_deadline_s + DEADLINE_GRACE_S + 1)
     finally:
         peer.close()  # release the handler thread either way
         peer.join(5)
@@ -336,7 +328,7 @@ def test_watchdog_releases_a_handler_stuck_outside_the_protocol(
     try:
         started = time.monotonic()
         peer.start(env(port=srv.port))
-        assert wait_until(lambda: peer.eof,
+        assert wait_for(lambda: peer.eof,
                           deadline + DEADLINE_GRACE_S + WATCHDOG_PERIOD_S + MARGIN_S)
         elapsed = time.monotonic() - started
         assert elapsed >= deadline  # the watchdog, not something else, ended it
@@ -344,7 +336,7 @@ def test_watchdog_releases_a_handler_stuck_outside_the_protocol(
     finally:
         release.set()
     peer.join(5)
-    assert wait_until(lambda: srv.in_flight() == 0, 5)
+    assert wait_for(lambda: srv.in_flight() == 0, 5)
 
 
 # -- stop and reload ------------------------------------------------------------------------
@@ -354,7 +346,7 @@ def test_stop_drains_the_call_in_flight(engine: Engine, start_server: Start) -> 
     srv = start_server(engine)
     peer = tcp_peer(srv.port, in_order([Slow(1.0, "200 result=1")]))
     peer.start(env(port=srv.port))
-    assert wait_until(lambda: len(peer.commands) >= 1, 5)  # the call is in flight
+    assert wait_for(lambda: len(peer.commands) >= 1, 5)  # the call is in flight
     srv.stop()
     thread: threading.Thread = srv.thread  # type: ignore[attr-defined]
     thread.join(10)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import redis
@@ -58,13 +57,5 @@ def answer_challenge(sb: AsteriskSandbox, caller: str, digits: Callable[[str], s
 def record(rdb: redis.Redis, number: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in rdb.hgetall(f"cs:n:{number}").items()}
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
