@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import redis
-from asterisk_calls import TEST_DIALPLAN, answer_challenge, record, screened, wait_for
+from asterisk_calls import TEST_DIALPLAN, answer_challenge, record, screened
+from support import wait_for
 
 from callscreen.sandbox import product
 from callscreen.sandbox.asterisk import AsteriskSandbox, SandboxFactory
