@@ -118,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="callscreen serve --workers")
     parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server:
@@ -136,7 +137,8 @@ def main() -> None:
         port, floor_port = free_port(), free_port()
         servers = [
             subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(screener.config),
-                              "serve", "--port", str(port)], cwd=REPO,
+                              "serve", "--port", str(port), "--workers", str(args.workers)],
+                             cwd=REPO,
                              stderr=subprocess.DEVNULL),
             subprocess.Popen([sys.executable, "-m", "bench.asterisk_calls", "--floor-server",
                               str(floor_port)], cwd=REPO),
@@ -170,6 +172,7 @@ def main() -> None:
         "callscreen_p50_minus_bare_ms": round(c["p50_ms"] - results["bare"]["p50_ms"], 2),
     }
     results["concurrency"] = args.concurrency  # type: ignore[assignment]
+    results["workers"] = args.workers  # type: ignore[assignment]
     print(json.dumps(results, indent=2))
 
 

@@ -3,7 +3,8 @@
 Starts a redis-server (preloaded with N reputation records) and `callscreen serve` in its own
 process, then an asyncio load generator plays Asterisk's side of FastAGI faithfully (the full
 Asterisk 22 env block, then "200 result=1" to each command, until the server closes) for the
-`screen` route on calls that need no challenge, at several concurrencies. In the same run it
+`screen` route on calls that need no challenge, at several concurrencies, with one server
+process and with one per CPU (`serve --workers`). In the same run it
 measures the floor: one Redis GET, the store's one-pipeline read, and phonenumbers
 parse+validate. Prints a JSON table; asserts nothing.
 """
@@ -103,15 +104,27 @@ async def load(port: int, concurrency: int, calls: int) -> tuple[list[float], in
     return latencies, errors, time.perf_counter() - started
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server process and its workers (serve --workers N forks them)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
 def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for one in server_pids(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def proc_threads_fds(pid: int) -> tuple[int, int]:
-    threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
-                   .splitlines() if line.startswith("Threads:"))
-    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+    threads = fds = 0
+    for one in server_pids(pid):
+        threads += next(int(line.split()[1]) for line in Path(f"/proc/{one}/status").read_text()
+                        .splitlines() if line.startswith("Threads:"))
+        fds += len(os.listdir(f"/proc/{one}/fd"))
+    return threads, fds
 
 
 def preload(url: str, count: int) -> None:
@@ -144,11 +157,56 @@ def floors(url: str, config: Path, rounds: int = 2000) -> dict[str, float]:
     }
 
 
+def run_server(config: Path, workers: int, levels: list[int], calls: int, floor_s: float,
+               leak_calls: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One `callscreen serve --workers N`: the load levels, then the growth check."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
+                               "serve", "--port", str(port), "--workers", str(workers)],
+                              cwd=REPO, stderr=subprocess.DEVNULL)
+    figures: dict[str, Any] = {}
+    leak: dict[str, Any] = {}
+    try:
+        for _ in range(200):
+            try:
+                asyncio.run(one_call(port, CALLERS[0]))
+                break
+            except OSError:
+                time.sleep(0.05)
+        asyncio.run(load(port, 8, 500))  # warm-up
+        for level in levels:
+            cpu0 = proc_cpu(server.pid)
+            latencies, errors, wall = asyncio.run(load(port, level, calls))
+            per_call = (proc_cpu(server.pid) - cpu0) / max(1, len(latencies))
+            figures[str(level)] = {
+                "decisions_per_s": round(len(latencies) / wall, 1), "errors": errors,
+                **percentiles(latencies),
+                "server_cpu_ms_per_decision": round(per_call * 1000, 3),
+                "cpu_vs_floor": round(per_call / floor_s, 1),
+            }
+        if leak_calls:
+            before = proc_threads_fds(server.pid)
+            latencies, errors, wall = asyncio.run(load(port, 64, leak_calls))
+            time.sleep(1.0)
+            after = proc_threads_fds(server.pid)
+            leak = {"calls": leak_calls, "errors": errors,
+                    "threads_before_after": [before[0], after[0]],
+                    "fds_before_after": [before[1], after[1]],
+                    "decisions_per_s": round(len(latencies) / wall, 1)}
+    finally:
+        server.terminate()
+        server.wait(10)
+    return figures, leak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--numbers", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=4000, help="calls per concurrency level")
     parser.add_argument("--levels", default="1,16,64,256")
+    parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
+                        help="comma-separated `serve --workers` values, each run in turn (the "
+                             "growth check runs on the last)")
     parser.add_argument("--leak-calls", type=int, default=100_000,
                         help="calls before the thread/fd growth check (0 = skip)")
     args = parser.parse_args()
@@ -160,44 +218,16 @@ def main() -> None:
         result["preloaded_numbers"] = args.numbers
         result["preload_s"] = round(time.perf_counter() - started, 1)
         result["floor"] = floors(url, config)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
-                                   "serve", "--port", str(port)], cwd=REPO,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    asyncio.run(one_call(port, CALLERS[0]))
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            asyncio.run(load(port, 8, 500))  # warm-up
-            levels = {}
-            floor_s = result["floor"]["store_facts_pipeline_us"] / 1e6
-            for level in (int(x) for x in args.levels.split(",")):
-                cpu0 = proc_cpu(server.pid)
-                latencies, errors, wall = asyncio.run(load(port, level, args.calls))
-                cpu = proc_cpu(server.pid) - cpu0
-                per_call = cpu / max(1, len(latencies))
-                levels[str(level)] = {
-                    "decisions_per_s": round(len(latencies) / wall, 1), "errors": errors,
-                    **percentiles(latencies),
-                    "server_cpu_ms_per_decision": round(per_call * 1000, 3),
-                    "cpu_vs_floor": round(per_call / floor_s, 1),
-                }
-            result["fastagi"] = levels
-            if args.leak_calls:
-                before = proc_threads_fds(server.pid)
-                latencies, errors, wall = asyncio.run(load(port, 64, args.leak_calls))
-                time.sleep(1.0)
-                after = proc_threads_fds(server.pid)
-                result["leak_check"] = {"calls": args.leak_calls, "errors": errors,
-                                        "threads_before_after": before[0:1] + after[0:1],
-                                        "fds_before_after": [before[1], after[1]],
-                                        "decisions_per_s": round(len(latencies) / wall, 1)}
-        finally:
-            server.terminate()
-            server.wait(10)
+        result["fastagi"] = {}
+        counts = list(dict.fromkeys(int(x) for x in args.workers.split(",")))
+        for workers in counts:
+            last = workers == counts[-1]
+            result["fastagi"][f"workers={workers}"], leak = run_server(
+                config, workers, [int(x) for x in args.levels.split(",")], args.calls,
+                result["floor"]["store_facts_pipeline_us"] / 1e6,
+                args.leak_calls if last else 0)
+            if leak:
+                result["leak_check"] = {"workers": workers, **leak}
     print(json.dumps(result, indent=2))
 
 

@@ -464,8 +464,10 @@ def run_import(state: State, path: str,
 @main.command()
 @click.option("--bind", metavar="ADDRESS", help="Listen address (default: server.bind, 127.0.0.1).")
 @click.option("--port", type=int, help="Listen port (default: server.port, 4573).")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Server processes sharing the port (default: server.workers, 1).")
 @click.pass_obj
-def serve(state: State, bind: str | None, port: int | None) -> None:
+def serve(state: State, bind: str | None, port: int | None, workers: int | None) -> None:
     """Run the FastAGI server (SIGHUP reloads config and rules, SIGTERM drains and stops)."""
     from callscreen.server import FastAGIServer, load_engine
 
@@ -479,9 +481,16 @@ def serve(state: State, bind: str | None, port: int | None) -> None:
         host, bound = server.open()
     except OSError as exc:
         fail(1, f"cannot listen on {bind or cfg.server.bind}:{port or cfg.server.port}: {exc}")
+    workers = cfg.server.workers if workers is None else workers
+    log.info("callscreen %s serving %d rules for %d line(s) on %s:%d (%d worker%s)", __version__,
+             len(engine.ruleset.rules), len(cfg.lines), host, bound, workers,
+             "" if workers == 1 else "s")
+    if workers > 1:
+        from callscreen.workers import run_workers
+
+        run_workers(server, workers)
+        return
     server.install_signals()
-    log.info("callscreen %s serving %d rules for %d line(s) on %s:%d", __version__,
-             len(engine.ruleset.rules), len(cfg.lines), host, bound)
     server.serve_forever()
 
 

@@ -147,6 +147,7 @@ class ServerConfig:
     port: int = 4573
     allowed_clients: tuple[str, ...] = ("127.0.0.1", "::1")
     call_deadline_s: int = 10
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -547,6 +548,8 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         allowed_clients=clients,
         call_deadline_s=r.get(ss, "call_deadline_s", int, sd.call_deadline_s,
                               _positive("call_deadline_s")),
+        workers=r.get(ss, "workers", int, sd.workers,
+                      lambda v: None if 1 <= v <= 64 else f"workers must be 1-64, got {v}"),
     )
 
     hs = r.section(doc, "holidays", {"country", "subdivision"})

@@ -27,10 +27,13 @@ def test_store_memory_bench_reports_bytes_per_number() -> None:
 
 def test_fastagi_load_bench_runs_without_errors() -> None:
     data = run_bench("bench.fastagi_load", "--numbers", "1000", "--calls", "100",
-                     "--levels", "1,8", "--leak-calls", "200")
-    levels = data["fastagi"]
-    assert isinstance(levels, dict)
-    assert all(level["errors"] == 0 for level in levels.values())
+                     "--levels", "1,8", "--leak-calls", "200", "--workers", "1,2")
+    runs = data["fastagi"]
+    assert isinstance(runs, dict) and set(runs) == {"workers=1", "workers=2"}
+    for levels in runs.values():
+        assert set(levels) == {"1", "8"}
+        assert all(level["errors"] == 0 and level["decisions_per_s"] > 0
+                   for level in levels.values())
     assert data["leak_check"]["errors"] == 0  # type: ignore[index]
 
 

@@ -79,7 +79,7 @@ def test_layering_merges_mappings_replaces_lists_in_lexical_order(tmp_path: Path
         """)
     write(d / "20-later.yaml", """
         thresholds: {block: 200}
-        server: {allowed_clients: [192.0.2.1]}
+        server: {allowed_clients: [192.0.2.1], workers: 2}
         """)
     # lexical, not numeric: "9-" sorts after "20-"
     write(d / "9-last.yaml", "language: en\n")
@@ -92,6 +92,7 @@ def test_layering_merges_mappings_replaces_lists_in_lexical_order(tmp_path: Path
         20.0, 80.0, 200.0)  # mapping merged key by key
     assert [ln.did for ln in cfg.lines] == ["+33353010001"]  # list replaced, not appended
     assert cfg.server.allowed_clients == ("192.0.2.1",)
+    assert cfg.server.workers == 2
     assert cfg.language == "en"
     assert cfg.sources == (str(main), str(d / "10-site.yaml"), str(d / "20-later.yaml"),
                            str(d / "9-last.yaml"))
@@ -177,6 +178,7 @@ def test_bad_region_in_override_names_the_override_and_line(tmp_path: Path) -> N
         ("numbers:\n  strip_prefixes: ['9a']\n", 2, ["9a", "digits only"]),
         ("server:\n  allowed_clients: [localhost]\n", 2, ["allowed_clients"]),
         ("server:\n  port: 70000\n", 2, ["port"]),
+        ("server:\n  workers: 0\n", 2, ["workers must be 1-64", "got 0"]),
         ("reputation:\n  half_life_days: 0\n", 2, ["half_life_days", "> 0"]),
         ("challenge:\n  on_fail: hangup\n", 2, ["on_fail", "hangup"]),
         ("region: FR\nlogging:\n  level: LOUD\n", 3, ["logging level", "LOUD"]),
