@@ -49,6 +49,10 @@ class RedisConfig:
     max_connections: int = 64
     breaker_failures: int = 3
     breaker_cooldown_ms: int = 5000
+    # Redis Sentinel: the master of `sentinel_service` as the sentinels report it (the url then
+    # gives only the database, user, password and TLS).
+    sentinel_service: str = ""
+    sentinels: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,18 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+def _sentinels(r: _Reader, rs: SourceDict) -> tuple[tuple[str, int], ...]:
+    raw = r.get(rs, "sentinels", list, [])
+    found: list[tuple[str, int]] = []
+    for item in raw:
+        host, _, port = str(item).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            r.problems.append(f"{rs.where('sentinels')}: sentinel '{item}' must be host:port")
+            continue
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
 def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Config:
     """Validate a merged document into a Config; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -327,7 +343,12 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                                _positive("breaker_failures")),
         breaker_cooldown_ms=r.get(rs, "breaker_cooldown_ms", int, rd.breaker_cooldown_ms,
                                   _positive("breaker_cooldown_ms")),
+        sentinel_service=r.get(rs, "sentinel_service", str, rd.sentinel_service),
+        sentinels=_sentinels(r, rs),
     )
+    if bool(redis_cfg.sentinel_service) != bool(rs.get("sentinels")):
+        problems.append(f"{rs.where()}: redis sentinel_service and sentinels go together "
+                        "(the service name and at least one host:port)")
 
     region = r.get(doc, "region", str, d.region, _region)
     timezone = r.get(doc, "timezone", str, d.timezone, _tz)

@@ -81,6 +81,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -495,19 +496,43 @@ return 1
 def client_from_config(cfg: Config) -> redis.Redis:
     """A pooled client with call-path timeouts and no retries (redis-py would retry 3x)."""
     rc = cfg.redis
+    timeouts = {"socket_timeout": rc.socket_timeout_ms / 1000,
+                "socket_connect_timeout": rc.connect_timeout_ms / 1000}
+    if rc.sentinels:
+        return _sentinel_client(rc, timeouts)
     # Blocking pool: past max_connections a call waits (at most the connect timeout) for a free
     # connection instead of failing at once with MaxConnectionsError.
     pool = redis.BlockingConnectionPool.from_url(
         rc.url,
         max_connections=rc.max_connections,
         timeout=rc.connect_timeout_ms / 1000,
-        socket_timeout=rc.socket_timeout_ms / 1000,
-        socket_connect_timeout=rc.connect_timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         decode_responses=True,
+        **timeouts,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _sentinel_client(rc: RedisConfig, timeouts: dict[str, float]) -> redis.Redis:
+    """The master of rc.sentinel_service, found through the sentinels. Each new connection asks
+    them where the master is, so after a failover the next call reaches the new one (the calls
+    in between are decided by fail_mode, as when Redis is down)."""
+    from redis.sentinel import Sentinel
+
+    # The url gives the database, user, password and TLS; the sentinels give host and port.
+    url = urllib.parse.urlsplit(rc.url)
+    options: dict[str, Any] = {"db": int(url.path.strip("/") or 0) if url.scheme != "unix" else 0,
+                               "username": urllib.parse.unquote(url.username or "") or None,
+                               "password": urllib.parse.unquote(url.password or "") or None,
+                               "ssl": url.scheme == "rediss"}
+    options.update(timeouts, max_connections=rc.max_connections, retry=Retry(NoBackoff(), 0),
+                   health_check_interval=0, decode_responses=True)
+    sentinel = Sentinel(list(rc.sentinels), sentinel_kwargs=dict(timeouts),
+                        socket_timeout=timeouts["socket_timeout"],
+                        socket_connect_timeout=timeouts["socket_connect_timeout"])
+    client: redis.Redis = sentinel.master_for(rc.sentinel_service, **options)
+    return client
 
 
 class Store:

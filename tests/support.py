@@ -62,14 +62,15 @@ class RedisServer:
                 self.proc.wait(5)
 
 
-def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
+def start_redis(workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()
+                ) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (./install.sh --dev installs it)")
     port = port or free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+         "--dir", str(workdir), "--logfile", str(workdir / "redis.log"), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
