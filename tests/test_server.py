@@ -414,3 +414,21 @@ def test_reload_with_a_broken_config_keeps_the_old_one(
     config.write_text("region: [broken\n")
     assert srv.reload() is False and srv.engine is engine
     assert call(srv).screen_vars()["SCREEN_ACTION"] == "allow"
+
+
+def test_reload_applies_allowed_clients(redis_server: RedisServer, rdb: Any,
+                                        start_server: Start, tmp_path: Path) -> None:
+    config = tmp_path / "callscreen.yaml"
+    base = f"redis: {{url: '{redis_server.url}'}}\nregion: FR\nrules_dir: {REPO / 'rules'}\n"
+    config.write_text(base)
+    srv = start_server(server_mod.load_engine(config), config_path=config)
+    assert call(srv).screen_vars()["SCREEN_ACTION"] == "allow"  # 127.0.0.1 allowed by default
+    config.write_text(base + "server: {allowed_clients: [10.0.0.0/8]}\n")
+    assert srv.reload() is True
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        try:
+            sock.sendall(env(port=srv.port))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        closed, got = closed_by_server(sock, MARGIN_S)
+    assert closed and got == b""  # refused now, without a command
