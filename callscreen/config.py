@@ -53,6 +53,11 @@ class RedisConfig:
     # gives only the database, user, password and TLS).
     sentinel_service: str = ""
     sentinels: tuple[tuple[str, int], ...] = ()
+    # TLS (rediss:// urls): the CA that signed the server's certificate, and this client's own
+    # certificate and key when the server asks for one (tls-auth-clients). Empty: system CAs.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,21 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+def _readable_file(base_dir: Path) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if not value:
+            return None  # empty: not used
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        return None if path.is_file() and os.access(path, os.R_OK) else (
+            f"file '{value}' not found or not readable")
+    return check
+
+
+def _path(base_dir: Path, value: str) -> str:
+    """A file named in the config, relative to the config's directory, made absolute."""
+    return str((base_dir / value).resolve()) if value else ""
+
+
 def _sentinels(r: _Reader, rs: SourceDict) -> tuple[tuple[str, int], ...]:
     raw = r.get(rs, "sentinels", list, [])
     found: list[tuple[str, int]] = []
@@ -345,7 +365,16 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                                   _positive("breaker_cooldown_ms")),
         sentinel_service=r.get(rs, "sentinel_service", str, rd.sentinel_service),
         sentinels=_sentinels(r, rs),
+        tls_ca_file=_path(base_dir, r.get(rs, "tls_ca_file", str, "", _readable_file(base_dir))),
+        tls_cert_file=_path(base_dir, r.get(rs, "tls_cert_file", str, "", _readable_file(base_dir))),
+        tls_key_file=_path(base_dir, r.get(rs, "tls_key_file", str, "", _readable_file(base_dir))),
     )
+    tls_files = [k for k in ("tls_ca_file", "tls_cert_file", "tls_key_file") if rs.get(k)]
+    if tls_files and not redis_cfg.url.startswith("rediss://"):
+        problems.append(f"{rs.where(tls_files[0])}: {tls_files[0]} needs a rediss:// url "
+                        f"(got {redis_cfg.url})")
+    if bool(redis_cfg.tls_cert_file) != bool(redis_cfg.tls_key_file):
+        problems.append(f"{rs.where()}: redis tls_cert_file and tls_key_file go together")
     if bool(redis_cfg.sentinel_service) != bool(rs.get("sentinels")):
         problems.append(f"{rs.where()}: redis sentinel_service and sentinels go together "
                         "(the service name and at least one host:port)")

@@ -500,6 +500,7 @@ def client_from_config(cfg: Config) -> redis.Redis:
                 "socket_connect_timeout": rc.connect_timeout_ms / 1000}
     if rc.sentinels:
         return _sentinel_client(rc, timeouts)
+    tls = _tls_options(rc) if rc.url.startswith("rediss://") else {}
     # Blocking pool: past max_connections a call waits (at most the connect timeout) for a free
     # connection instead of failing at once with MaxConnectionsError.
     pool = redis.BlockingConnectionPool.from_url(
@@ -510,8 +511,19 @@ def client_from_config(cfg: Config) -> redis.Redis:
         health_check_interval=0,
         decode_responses=True,
         **timeouts,
+        **tls,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _tls_options(rc: RedisConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if rc.tls_ca_file:
+        options["ssl_ca_certs"] = rc.tls_ca_file
+    if rc.tls_cert_file:
+        options["ssl_certfile"] = rc.tls_cert_file
+        options["ssl_keyfile"] = rc.tls_key_file
+    return options
 
 
 def _sentinel_client(rc: RedisConfig, timeouts: dict[str, float]) -> redis.Redis:
@@ -525,7 +537,8 @@ def _sentinel_client(rc: RedisConfig, timeouts: dict[str, float]) -> redis.Redis
     options: dict[str, Any] = {"db": int(url.path.strip("/") or 0) if url.scheme != "unix" else 0,
                                "username": urllib.parse.unquote(url.username or "") or None,
                                "password": urllib.parse.unquote(url.password or "") or None,
-                               "ssl": url.scheme == "rediss"}
+                               "ssl": url.scheme == "rediss",
+                               **(_tls_options(rc) if url.scheme == "rediss" else {})}
     options.update(timeouts, max_connections=rc.max_connections, retry=Retry(NoBackoff(), 0),
                    health_check_interval=0, decode_responses=True)
     sentinel = Sentinel(list(rc.sentinels), sentinel_kwargs=dict(timeouts),
