@@ -19,11 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import redis
+
 from callscreen import challenge, numbers
 from callscreen.agi import AGIDeadline, AGIHangup, AGIProtocolError, Session, Transport
 from callscreen.config import Config, Line
 from callscreen.engine import Decision, Engine
 from callscreen.screen import Verdict
+from callscreen.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +198,23 @@ def _last_caller(session: Session, engine: Engine) -> tuple[Line, str, str] | No
     return None
 
 
+def _store_down(session: Session, route: str, exc: Exception) -> None:
+    """A feature code while Redis cannot answer: the person hears the error tone and can try
+    again (nothing is remembered locally)."""
+    log.warning("%s: store unavailable (%s): nothing recorded", route, exc)
+    _feedback(session, "unavailable")
+
+
 def report(session: Session, engine: Engine) -> After | None:
     """*60: report the last caller received on this line (never a typed number)."""
+    try:
+        return _report(session, engine)
+    except (redis.RedisError, StoreUnavailable) as exc:
+        _store_down(session, "report", exc)
+        return None
+
+
+def _report(session: Session, engine: Engine) -> After | None:
     found = _last_caller(session, engine)
     if found is None or engine.store is None:
         return None
@@ -223,6 +241,14 @@ def report(session: Session, engine: Engine) -> After | None:
 
 def allow(session: Session, engine: Engine) -> After | None:
     """*61: put the last caller on this line's allowlist."""
+    try:
+        return _allow(session, engine)
+    except (redis.RedisError, StoreUnavailable) as exc:
+        _store_down(session, "allow", exc)
+        return None
+
+
+def _allow(session: Session, engine: Engine) -> After | None:
     found = _last_caller(session, engine)
     if found is None or engine.store is None:
         return None

@@ -325,6 +325,20 @@ def test_redis_down_fails_open_within_budget(own_redis: RedisServer,
         "allow", "1", "fail-mode")
 
 
+@pytest.mark.parametrize("route", ["report", "allow"])
+def test_feature_codes_with_redis_down_play_the_error_tone(own_redis: RedisServer,
+                                                           shipped_rules: RuleSet,
+                                                           route: str) -> None:
+    eng = stopped_redis_engine(own_redis, shipped_rules)
+    started = time.monotonic()
+    outcome, peer = run_direct(eng, env(LINE, route=route, args=(LINE,)))
+    assert time.monotonic() - started < BUDGET_S
+    assert outcome.ok  # handled, not a crash
+    assert peer.variables == {"CALLSCREEN_RESULT": "unavailable"}
+    assert peer.verbs == ["SET VARIABLE", "ANSWER", "STREAM FILE"]
+    assert peer.commands[-1].argv[2] == "beeperr"
+
+
 def test_redis_down_still_challenges_what_needs_no_redis(own_redis: RedisServer,
                                                          shipped_rules: RuleSet) -> None:
     eng = stopped_redis_engine(own_redis, shipped_rules)
