@@ -1,9 +1,11 @@
-"""`python -m bench [all|memory|startup|fastagi|asterisk|import] [--quick]`: run benchmarks,
+"""`python -m bench [all|memory|startup|fastagi|asterisk|import|soak] [--quick]`: run benchmarks,
 print each one's JSON and write them all to bench/results/latest.json. Benchmarks assert nothing.
 
 all (default): memory at 100k numbers, process-AGI start-up, FastAGI load with 1M preloaded
 numbers, calls through the Asterisk sandbox when it can run, and an FTC import of 1M rows
-(--quick: smaller numbers everywhere).
+(--quick: smaller numbers everywhere). soak (not part of all): a minute of calls through the
+Asterisk sandbox while Redis is killed and paused, the server restarted and a broken rules file
+reloaded.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def main(argv: list[str]) -> int:
             results["asterisk"] = run("bench.asterisk_calls", "--calls", "40" if quick else "200")
     if "import" in wanted:
         results["import"] = run("bench.import_rate", "--rows", "100000" if quick else "1000000")
+    if "soak" in wanted:
+        reason = sb_mod.unavailable_reason()
+        results["soak"] = ({"skipped": reason} if reason else
+                           run("bench.soak", "--phase-seconds", "5" if quick else "10"))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     print(f"written to {RESULTS / 'latest.json'}")
