@@ -14,6 +14,7 @@ PREFIX="${CALLSCREEN_PREFIX:-/opt/callscreen}"
 ETC="${CALLSCREEN_ETC:-/etc/callscreen}"
 AST_ETC="${CALLSCREEN_ASTERISK_ETC:-/etc/asterisk}"
 UNIT=/etc/systemd/system/callscreen.service
+SPOOL="${CALLSCREEN_SPOOL:-/var/spool/callscreen}"
 INCLUDE_LINE="#include extensions_callscreen.conf"
 PROMPT_MARK="callscreen/challenge-intro"
 
@@ -197,6 +198,17 @@ prod_install() {
         fi
     done
 
+    # Writes that cannot reach Redis wait here. The FastAGI server (user callscreen) and the
+    # process AGI (Asterisk's user) both write it: a setgid directory of Asterisk's group.
+    local spool_group=callscreen
+    if getent group asterisk >/dev/null; then
+        spool_group=asterisk
+        usermod -a -G asterisk callscreen
+    fi
+    install -d -m 2770 -o callscreen -g "$spool_group" "$SPOOL"
+    [ -e "$ETC/callscreen.d/00-spool.yaml" ] ||
+        printf 'spool_dir: %s\n' "$SPOOL" > "$ETC/callscreen.d/00-spool.yaml"
+
     start_service redis-server redis-server --daemonize yes
 
     if have asterisk || [ -d "$AST_ETC" ]; then
@@ -240,6 +252,7 @@ Restart=on-failure
 RestartSec=2
 NoNewPrivileges=yes
 ProtectSystem=strict
+ReadWritePaths=$SPOOL
 ProtectHome=yes
 PrivateTmp=yes
 

@@ -494,6 +494,42 @@ def serve(state: State, bind: str | None, port: int | None, workers: int | None)
     server.serve_forever()
 
 
+@main.group("spool")
+def spool_group() -> None:
+    """Writes kept on disk while Redis was away (spool_dir), applied once when it is back."""
+
+
+def _spool_dir(state: State) -> str:
+    if not state.cfg.spool_dir:
+        fail(1, "no spool: spool_dir is empty in the configuration")
+    return state.cfg.spool_dir
+
+
+@spool_group.command("status")
+@click.pass_obj
+def spool_status(state: State) -> None:
+    """How many writes wait in the spool."""
+    from callscreen.spool import Spool
+
+    directory = _spool_dir(state)
+    click.echo(f"{Spool(directory).pending()} write(s) waiting in {directory}")
+
+
+@spool_group.command("replay")
+@click.pass_obj
+def spool_replay(state: State) -> None:
+    """Apply the waiting writes now (the FastAGI server does it every 15 s). Exit 1 if some are
+    left (Redis refused them again)."""
+    _spool_dir(state)
+    store = state.store
+    spool = store.spool
+    assert spool is not None  # spool_dir is set
+    applied, already, left = store_call(lambda: spool.replay(store.apply_once))
+    click.echo(f"{applied} applied, {already} already applied before, {left} left")
+    if left:
+        sys.exit(1)
+
+
 def _line_did(state: State, line: str) -> str:
     engine = Engine(state.cfg, rules.RuleSet((), ()), None)
     line_obj = line_arg(engine, line)

@@ -191,6 +191,7 @@ class Config:
     learning: Learning = Learning()
     emergency: Emergency = Emergency()
     pbx_id: str = "local"
+    spool_dir: str = ""
     fail_mode: str = "open"
     default_action: str = "allow"
     logging: LoggingConfig = LoggingConfig()
@@ -343,6 +344,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
             "redis", "region", "timezone", "language", "lines", "rules_dir", "numbers",
             "thresholds", "reputation", "challenge", "holidays", "fail_mode", "default_action",
             "logging", "features", "server", "storm", "learning", "emergency", "pbx_id",
+            "spool_dir",
         },
     )
 
@@ -635,6 +637,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         pbx_id=r.get(doc, "pbx_id", str, "local",
                      lambda v: None if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v)
                      else f"pbx_id '{v}' must be lowercase letters, digits, '-' or '_'"),
+        spool_dir=_path(base_dir, r.get(doc, "spool_dir", str, "")),
         fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
         default_action=r.get(doc, "default_action", str, "allow",
                              _one_of("default_action", ACTIONS)),
@@ -725,6 +728,7 @@ def as_dict(cfg: Config) -> dict[str, Any]:
         "learning": vars_of(cfg.learning),
         "emergency": {"minutes": cfg.emergency.minutes, "numbers": list(cfg.emergency.numbers)},
         "pbx_id": cfg.pbx_id,
+        "spool_dir": cfg.spool_dir,
         "fail_mode": cfg.fail_mode,
         "default_action": cfg.default_action,
         "logging": vars_of(cfg.logging),

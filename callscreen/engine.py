@@ -112,11 +112,14 @@ class Engine:
         neighbour = bool(call.line and numbers.is_neighbour(
             call.caller, call.line.facts, self.cfg.neighbour_digits))
         try:
-            transition = self.store.record_call(
-                call.caller.e164, line, call.at.timestamp() if call.at else time.time(),
-                verdict.action, verdict.reason, unknown=unknown and call.caller.e164 is not None,
+            transition = self.store.durable(
+                "record_call", e164=call.caller.e164, line=line,
+                now=call.at.timestamp() if call.at else time.time(), action=verdict.action,
+                reason=verdict.reason, unknown=unknown and call.caller.e164 is not None,
                 neighbour=neighbour, attestation=call.attestation,
             )
+            if transition is None:
+                return False  # spooled: applied when Redis is back
         except Exception as exc:  # noqa: BLE001 - recording is best effort on the call path
             log.warning("could not record call from %s: %s", call.caller.display, exc)
             return False

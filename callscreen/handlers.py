@@ -164,9 +164,10 @@ def _after(engine: Engine, decision: Decision, action: str, reason: str,
         call = decision.call
         if outcome and call.caller.e164 and engine.store is not None:
             try:
-                engine.store.challenge_outcome(
-                    call.caller.e164, call.line.did if call.line else None, outcome,
-                    call.at.timestamp(), engine.cfg.challenge.trust_days)
+                engine.store.durable(
+                    "challenge_outcome", e164=call.caller.e164,
+                    line=call.line.did if call.line else None, outcome=outcome,
+                    now=call.at.timestamp(), trust_days=engine.cfg.challenge.trust_days)
             except Exception as exc:  # noqa: BLE001 - best effort after the call moved on
                 log.warning("could not record challenge %s for %s: %s", outcome,
                             call.caller.display, exc)
@@ -290,7 +291,8 @@ def learn(session: Session, engine: Engine) -> After | None:
         ttl = engine.cfg.features.contact_days * 86400
         for target in lines:
             try:
-                engine.store.add_contact(target.did, e164, time.time(), ttl, "outbound")
+                engine.store.durable("add_contact", line=target.did, e164=e164,
+                                     now=time.time(), ttl_s=ttl, source="outbound")
             except Exception as exc:  # noqa: BLE001 - best effort after the call moved on
                 log.warning("could not learn contact %s for %s: %s", e164, target.did, exc)
 

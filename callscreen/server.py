@@ -234,9 +234,16 @@ class FastAGIServer:
                 return
 
     def _maintenance(self) -> None:
-        """Announce storms that ended quietly (no call came to notice)."""
+        """Announce storms that ended quietly (no call came to notice); replay the writes
+        spooled while Redis was away."""
         while not self._stop.wait(MAINTENANCE_PERIOD_S):
             self.check_storms()
+            store = self.engine.store
+            if store is not None:
+                try:
+                    store.replay_spool()
+                except Exception:  # noqa: BLE001 - try again next round
+                    log.exception("spool replay failed")
 
     def check_storms(self) -> list[str]:
         engine = self.engine

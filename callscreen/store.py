@@ -26,6 +26,9 @@ key                          type    content / expiry
                                      older entries are ignored when read and pruned when their
                                      number is imported again; the bucket's TTL is renewed by
                                      each import.
+``P w:ID``                   string  a spooled write (callscreen/spool.py) applied: set in the
+                                     same transaction as the write, so a replay applies it once;
+                                     TTL 30 days.
 ``P rl:R``                   string  reports counted for reporter ``R`` this hour (rate limit);
                                      TTL 1 hour.
 ``P rlog:R``                 list    reporter ``R``'s counted votes, newest first:
@@ -93,6 +96,7 @@ from redis.retry import Retry
 
 from callscreen.config import Config, Learning, RedisConfig, Reputation, StormConfig
 from callscreen.numbers import is_e164, prefixes_of
+from callscreen.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,10 @@ _OUTCOME_FIELD = {"pass": "p", "fail": "f", "abandon": "a"}
 _LABEL_MAX = 64
 # Votes kept per line reporter for rollback (the hourly rate limit bounds a line far below).
 REPORTER_LOG_CAP = 10_000
+# Store methods whose writes are spooled when Redis is away (durable()), and how long the id
+# of a replayed write is remembered (a replay is retried well within it).
+SPOOLED_WRITES = frozenset({"record_call", "challenge_outcome", "add_contact"})
+WRITE_ID_TTL_S = 30 * 86400
 # Imported numbers per script call: one call per number cost more to pack than to run.
 IMPORT_NUMBERS_PER_CALL = 100
 
@@ -562,6 +570,7 @@ class Store:
         self.learning = Learning()
         self.pbx_id = "local"
         self.breaker = CircuitBreaker()
+        self.spool: Spool | None = None
         self._event = client.register_script(_EVENT_LUA)
         self._report = client.register_script(_REPORT_LUA)
         self._rollback = client.register_script(_ROLLBACK_LUA)
@@ -579,6 +588,7 @@ class Store:
         store.storm_cfg = cfg.storm
         store.learning = cfg.learning
         store.pbx_id = cfg.pbx_id
+        store.spool = Spool(cfg.spool_dir) if cfg.spool_dir else None
         return store
 
     # -- key builders: the only place key names exist ------------------------------------------
@@ -756,6 +766,7 @@ class Store:
     def record_call(
         self, e164: str | None, line: str | None, now: float, action: str, reason: str,
         *, unknown: bool = False, neighbour: bool = False, attestation: str = "unknown",
+        client: Any = None,
     ) -> str:
         """After a decision: count the call and index it (see _CALL_LUA).
 
@@ -780,16 +791,21 @@ class Store:
             *line_keys,
         ]
         member = f"{now:.6f}:{line or '-'}:{os.urandom(3).hex()}"
-        result = self._guarded(lambda: self._call(
-            keys=keys,
-            args=[now, self.record_ttl_s, self.window_s, member, entry,
-                  self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400,
-                  line or "", e164 or "", int(unknown), int(neighbour), int(greylist),
-                  st.window_minutes * 60, st.min_callers, st.factor, st.baseline_days * 86400,
-                  max(1, math.ceil(st.quiet_minutes * 60)), self.learning.greylist_minutes * 60,
-                  self.learning.neighbour_burst_window_minutes * 60,
-                  self.rep.spoofed_days * 86400, st.evidence_days * 86400],
-        ))
+        args: list[Any] = [
+            now, self.record_ttl_s, self.window_s, member, entry,
+            self.rep.recent_calls_kept, self.rep.recent_ttl_days * 86400,
+            line or "", e164 or "", int(unknown), int(neighbour), int(greylist),
+            st.window_minutes * 60, st.min_callers, st.factor, st.baseline_days * 86400,
+            max(1, math.ceil(st.quiet_minutes * 60)), self.learning.greylist_minutes * 60,
+            self.learning.neighbour_burst_window_minutes * 60,
+            self.rep.spoofed_days * 86400, st.evidence_days * 86400,
+        ]
+
+        def run() -> Any:
+            return self._call(keys=keys, args=args, client=client)
+
+        # A spool replay queues on its own transaction, outside the breaker.
+        result = run() if client is not None else self._guarded(run)
         return str(result or "")
 
     def report(self, e164: str, reporter: str, now: float, weight: float | None = None) -> bool:
@@ -886,7 +902,8 @@ class Store:
         return undone
 
     def challenge_outcome(
-        self, e164: str, line: str | None, outcome: str, now: float, trust_days: int
+        self, e164: str, line: str | None, outcome: str, now: float, trust_days: int,
+        client: Any = None,
     ) -> None:
         if outcome not in CHALLENGE_OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
@@ -898,21 +915,69 @@ class Store:
         self._event(
             keys=[self.k_record(e164)],
             args=[now, self.half_life_s, weight, _OUTCOME_FIELD[outcome], self.record_ttl_s],
+            client=client,
         )
         if outcome == "pass" and line is not None:
             ttl = trust_days * 86400
             self._expiring_add(
-                keys=[self.k_trusted(line)], args=[e164, f"{now + ttl:.0f}|challenge", ttl]
+                keys=[self.k_trusted(line)], args=[e164, f"{now + ttl:.0f}|challenge", ttl],
+                client=client,
             )
 
     def add_contact(
-        self, line: str, e164: str, now: float, ttl_s: int, source: str = "outbound"
+        self, line: str, e164: str, now: float, ttl_s: int, source: str = "outbound",
+        client: Any = None,
     ) -> None:
         check_number(e164)
         self._expiring_add(
             keys=[self.k_contacts(line)],
             args=[e164, f"{now + ttl_s:.0f}|{sanitise_label(source)}", ttl_s],
+            client=client,
         )
+
+    # -- writes that must not be lost ----------------------------------------------------------
+    def durable(self, op: str, **args: Any) -> Any:
+        """Run one of SPOOLED_WRITES; when Redis cannot take it and a spool is configured, keep
+        it there for replay (returns None) instead of raising."""
+        if op not in SPOOLED_WRITES:
+            raise ValueError(f"not a spooled write: {op!r}")
+        try:
+            return getattr(self, op)(**args)
+        except (StoreUnavailable, redis.RedisError) as exc:
+            if self.spool is None or not self.spool.add(op, args):
+                raise
+            log.warning("%s spooled for replay: %s", op, exc)
+            return None
+
+    def apply_once(self, write_id: str, op: str, args: dict[str, Any]) -> bool:
+        """Apply a spooled write unless its id was applied already, atomically: the write and
+        the id marker go in one MULTI, under WATCH of the marker. False: applied before."""
+        if op not in SPOOLED_WRITES or not re.fullmatch(r"[0-9a-f]{32}", write_id):
+            raise ValueError(f"not a spooled write: {op!r} {write_id[:40]!r}")
+        marker = f"{self.p}w:{write_id}"
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.watch(marker)  # type: ignore[no-untyped-call]
+            if pipe.exists(marker):
+                return False
+            pipe.multi()
+            getattr(self, op)(**args, client=pipe)
+            pipe.set(marker, 1, ex=WRITE_ID_TTL_S)
+            pipe.execute()
+        return True
+
+    def replay_spool(self) -> tuple[int, int, int]:
+        """(applied, already applied, left); (0, 0, 0) without a spool. Goes through the
+        circuit breaker like a call: no replay while Redis is known down."""
+        if self.spool is None or not self.spool.pending():
+            return 0, 0, 0
+        if not self.breaker.allow():
+            return 0, 0, self.spool.pending()
+        applied, already, left = self.spool.replay(self.apply_once)
+        if left:
+            self.breaker.failure()
+        else:
+            self.breaker.success()
+        return applied, already, left
 
     def last_caller(self, line: str) -> tuple[float, str, str, str] | None:
         """The newest entry of the line's recent calls: (ts, number, action, reason)."""
@@ -1174,7 +1239,7 @@ _E164_RE = r"\+[1-9][0-9]{1,14}"
 _REPORTER_RE = r"(?:admin|src:[a-z0-9][a-z0-9_-]{0,31}|[a-z0-9][a-z0-9_-]{0,31}/" + _E164_RE + ")"
 _LINE_SUFFIXES = "|".join(("allow", "block", "contacts", "trusted", "recent", *_LINE_KEYS))
 _KEY_SHAPES = re.compile(
-    r"\A(?:allow|block|emergency|i:[0-9a-f]{4}"
+    r"\A(?:allow|block|emergency|i:[0-9a-f]{4}|w:[0-9a-f]{32}"
     rf"|n:{_E164_RE}|v:{_E164_RE}|vl:{_E164_RE}"
     rf"|l:{_E164_RE}:(?:{_LINE_SUFFIXES})"
     rf"|rl:{_REPORTER_RE}|rlog:{_REPORTER_RE})\Z"
