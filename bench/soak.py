@@ -14,8 +14,9 @@ A steady stream of Local-channel calls (an allowed caller, through the shipped
 
 For each phase: calls placed, calls decided (the dialplan saw SCREEN_ACTION), calls lost (no
 decision within 10 s: the target is 0), calls degraded (decided by fail_mode), p50/p99/max time
-from Originate to the decision. Loopback only, bounded; needs the Asterisk test sandbox (root,
-mmdebstrap). Prints JSON; asserts nothing.
+from Originate to the decision; at the end, the call records the server spooled while Redis was
+away and replayed once it was back (left in the spool: the target is 0). Loopback only,
+bounded; needs the Asterisk test sandbox (root, mmdebstrap). Prints JSON; asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.asterisk_calls import wait_port
 from bench.common import REPO, free_port, percentiles
 from callscreen.sandbox import asterisk as sb_mod
 from callscreen.sandbox import product
+from callscreen.spool import Spool
 
 DID = "0199000001"
 CALLER = "+33353010001"
@@ -184,7 +186,9 @@ def main() -> None:
         db = Redis(workdir)
         url = f"redis://127.0.0.1:{db.port}/0"
         config = workdir / "callscreen.yaml"
-        config.write_text(product.config_text(url, str(rules), DID))
+        spool_dir = workdir / "spool"
+        config.write_text(product.config_text(url, str(rules), DID,
+                                              extra=f"spool_dir: {spool_dir}\n"))
         product.write_chroot_config(root, product.config_text(url, f"{product.SRC}/rules", DID))
         server = Server(config)
         broken = rules / "99-broken.yaml"
@@ -217,13 +221,21 @@ def main() -> None:
                     at_start, half_way = faults.get(name, (None, None))
                     run_phase(sb, phases[name], args.phase_seconds, args.rate, at_start,
                               half_way)
+            # The server replays its spool every 15 s: wait for it, then count what it applied.
+            waiting = Spool(spool_dir)
+            deadline = time.monotonic() + 40
+            while waiting.pending() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            left = waiting.pending()
+            replayed = sum(1 for _ in redis.Redis(port=db.port).scan_iter("cs:w:*", count=1000))
         finally:
             server.stop()
             db.stop()
     reports = {name: phase.report() for name, phase in phases.items()}
     print(json.dumps({"rate_per_s": args.rate, "phase_seconds": args.phase_seconds,
                       "phases": reports,
-                      "lost_total": sum(p.placed - p.decided for p in phases.values())},
+                      "lost_total": sum(p.placed - p.decided for p in phases.values()),
+                      "writes_spooled_and_replayed": replayed, "writes_left_in_spool": left},
                      indent=2))
 
 

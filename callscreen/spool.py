@@ -6,6 +6,11 @@ Store.apply_once, which records the write id in Redis in the same transaction as
 line is applied exactly once even if the replay is interrupted and run again, or two replayers
 race. What is applied is removed from the file; what Redis refused again stays for the next try.
 
+One ambiguity remains, on purpose: a write that TIMED OUT (Redis slow or paused rather than
+gone) may still be applied by Redis when it wakes up, and is applied again from the spool: a
+call counted twice. Not spooling it would lose it when Redis really was gone; marking every
+call-path write with an id in Redis to tell the two apart would cost a key per call.
+
 Several processes share one spool (FastAGI workers, process AGIs): appends and replays take an
 exclusive lock on a separate lock file, so a replay never rewrites the file under an append.
 """
