@@ -1,11 +1,11 @@
-"""`python -m bench [all|memory|startup|fastagi|asterisk|import|soak] [--quick]`: run benchmarks,
+"""`python -m bench [all|memory|startup|fastagi|asterisk|import|soak|idle] [--quick]`: run benchmarks,
 print each one's JSON and write them all to bench/results/latest.json. Benchmarks assert nothing.
 
 all (default): memory at 100k numbers, process-AGI start-up, FastAGI load with 1M preloaded
 numbers, calls through the Asterisk sandbox when it can run, and an FTC import of 1M rows
-(--quick: smaller numbers everywhere). soak (not part of all): a minute of calls through the
+(--quick: smaller numbers everywhere). Not part of all: soak, a minute of calls through the
 Asterisk sandbox while Redis is killed and paused, the server restarted and a broken rules file
-reloaded.
+reloaded; idle, 10,000 FastAGI clients that never finish their env.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main(argv: list[str]) -> int:
             results["asterisk"] = run("bench.asterisk_calls", "--calls", "40" if quick else "200")
     if "import" in wanted:
         results["import"] = run("bench.import_rate", "--rows", "100000" if quick else "1000000")
+    if "idle" in wanted:
+        results["idle"] = run("bench.idle_clients", "--clients", "1000" if quick else "10000")
     if "soak" in wanted:
         reason = sb_mod.unavailable_reason()
         results["soak"] = ({"skipped": reason} if reason else

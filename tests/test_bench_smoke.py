@@ -44,3 +44,10 @@ def test_import_rate_bench_counts_every_row() -> None:
         assert isinstance(figures, dict)
         assert figures["stored"] == figures["distinct"] > 0  # the import wrote what the file held
         assert float(figures["rows_per_s"]) > 0 and float(figures["floor_rows_per_s"]) > 0
+
+
+def test_idle_clients_bench_sees_every_client_dropped() -> None:
+    data = run_bench("bench.idle_clients", "--clients", "100")
+    assert data["dropped"] == 100 and data["not_dropped_within_10s"] == 0
+    threads = data["threads_before_after"]
+    assert isinstance(threads, list) and threads[0] == threads[1]
