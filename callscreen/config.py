@@ -326,7 +326,7 @@ def _sentinels(r: _Reader, rs: SourceDict) -> tuple[tuple[str, int], ...]:
     found: list[tuple[str, int]] = []
     for item in raw:
         host, _, port = str(item).rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             r.problems.append(f"{rs.where('sentinels')}: sentinel '{item}' must be host:port")
             continue
         found.append((host.strip("[]"), int(port)))
@@ -377,6 +377,11 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                         f"(got {redis_cfg.url})")
     if bool(redis_cfg.tls_cert_file) != bool(redis_cfg.tls_key_file):
         problems.append(f"{rs.where()}: redis tls_cert_file and tls_key_file go together")
+    db = redis_cfg.url.split("://", 1)[-1].split("?", 1)[0].partition("/")[2]
+    if redis_cfg.sentinels and redis_cfg.url.startswith(("redis://", "rediss://")) and not (
+            db == "" or (db.isascii() and db.isdigit())):
+        problems.append(f"{rs.where('url')}: with sentinels the url gives only the database: "
+                        f"'/{db}' is not a database number")
     if bool(redis_cfg.sentinel_service) != bool(rs.get("sentinels")):
         problems.append(f"{rs.where()}: redis sentinel_service and sentinels go together "
                         "(the service name and at least one host:port)")

@@ -37,7 +37,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -369,6 +369,8 @@ def _run(
         exc.add_note(f"import of {name} interrupted after {summary.rows} rows: "
                      f"{summary.imported} new votes were counted (re-running is safe)")
         raise
+    finally:
+        numbers.close()  # stops the parser processes now, not when the traceback is freed
     summary.seconds = time.perf_counter() - started
     if progress is not None:
         progress(summary.rows)
@@ -401,7 +403,7 @@ def _numbers(
     workers: int,
     progress: Progress | None,
     cursor: _Cursor,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """E.164 numbers to vote for, once each; every other row is counted in the summary."""
     seen: set[int] = set()  # E.164 digits as ints: ~30 B less per number than the str
     # Repeats of a plain 10-digit NANP number (the FTC's notation) skip phonenumbers (~45 us a

@@ -149,6 +149,9 @@ class FastAGIServer:
             for problem in exc.problems:
                 log.error("reload refused, keeping previous config and rules: %s", problem)
             return False
+        except Exception:  # a reload must never take the server down
+            log.exception("reload refused, keeping previous config and rules")
+            return False
         self.engine = engine
         # Who may connect takes effect now too (the address and port need a restart).
         self.allowed = [ipaddress.ip_network(c, strict=False)

@@ -31,7 +31,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "writes.jsonl"
+REJECTED_FILE = "writes.rejected.jsonl"  # lines Redis refused for good, kept for a human
 MAX_SPOOL_BYTES = 64 * 2**20  # past this, new writes are dropped (logged): a disk is not Redis
+
+
+class RetryLater(Exception):
+    """Raised by apply_once when Redis cannot take the write now (down, slow, busy)."""
 
 
 class Spool:
@@ -60,13 +65,7 @@ class Spool:
                 if self.path.exists() and self.path.stat().st_size > MAX_SPOOL_BYTES:
                     log.error("spool %s is full: %s lost", self.path, op)
                     return False
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o660)
-                _group_writable(fd)
-                try:
-                    os.write(fd, line.encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _append(self.path, line.encode())
         except OSError as exc:
             log.error("cannot spool %s to %s: %s", op, self.path, exc)
             return False
@@ -81,8 +80,10 @@ class Spool:
 
     def replay(self, apply_once: Callable[[str, str, dict[str, Any]], bool]
                ) -> tuple[int, int, int]:
-        """(applied, already applied before, left for later). Stops at the first write Redis
-        cannot take; unreadable lines (a crash mid-write) are dropped with a log line."""
+        """(applied, already applied before, left for later). Stops at the first write that
+        must wait (apply_once raised RetryLater); a write refused for any other reason goes to
+        writes.rejected.jsonl and the replay goes on; unreadable lines (a crash mid-write) are
+        dropped with a log line."""
         applied = already = 0
         with self._locked():
             try:
@@ -103,12 +104,17 @@ class Spool:
                         applied += 1
                     else:
                         already += 1
-                except Exception as exc:  # noqa: BLE001 - Redis away again: keep the rest
+                except RetryLater as exc:
                     log.warning("spool replay stopped (%s): %d write(s) left", exc,
                                 len(lines) - done)
                     break
+                except Exception as exc:  # noqa: BLE001 - refused for good: set aside, go on
+                    log.error("spool: %s %s refused (%s): moved to %s", op, write_id, exc,
+                              REJECTED_FILE)
+                    _append(self.dir / REJECTED_FILE, raw + b"\n")
                 done += 1
-            self._keep(lines[done:])
+            if done:
+                self._keep(lines[done:])
         if applied or already:
             log.info("spool: %d write(s) replayed, %d already applied", applied, already)
         return applied, already, len(lines) - done
@@ -121,11 +127,11 @@ class Spool:
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o660)
         _group_writable(fd)
         try:
-            os.write(fd, b"".join(line + b"\n" for line in lines))
+            _write_all(fd, b"".join(line + b"\n" for line in lines))
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)
+        os.replace(tmp, self.path)  # only once the whole rest is on disk
 
 
 def _group_writable(fd: int) -> None:
@@ -135,3 +141,29 @@ def _group_writable(fd: int) -> None:
         os.fchmod(fd, 0o660)
     except OSError:
         pass
+
+
+def _append(path: Path, data: bytes) -> None:
+    """One whole line or nothing: a short write is cut back off (it would spoil the next)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o660)
+    _group_writable(fd)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk): loop, or raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("short write")
+        view = view[written:]

@@ -96,7 +96,7 @@ from redis.retry import Retry
 
 from callscreen.config import Config, Learning, RedisConfig, Reputation, StormConfig
 from callscreen.numbers import is_e164, prefixes_of
-from callscreen.spool import Spool
+from callscreen.spool import RetryLater, Spool
 
 log = logging.getLogger(__name__)
 
@@ -944,7 +944,11 @@ class Store:
         try:
             return getattr(self, op)(**args)
         except (StoreUnavailable, redis.RedisError) as exc:
-            if self.spool is None or not self.spool.add(op, args):
+            # Only what may succeed later: Redis refusing the write itself (a wrong type, a
+            # script error) would refuse it again.
+            refused = isinstance(exc, redis.ResponseError) or isinstance(
+                exc.__cause__, redis.ResponseError)
+            if refused or self.spool is None or not self.spool.add(op, args):
                 raise
             log.warning("%s spooled for replay: %s", op, exc)
             return None
@@ -955,14 +959,23 @@ class Store:
         if op not in SPOOLED_WRITES or not re.fullmatch(r"[0-9a-f]{32}", write_id):
             raise ValueError(f"not a spooled write: {op!r} {write_id[:40]!r}")
         marker = f"{self.p}w:{write_id}"
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.watch(marker)  # type: ignore[no-untyped-call]
-            if pipe.exists(marker):
-                return False
-            pipe.multi()
-            getattr(self, op)(**args, client=pipe)
-            pipe.set(marker, 1, ex=WRITE_ID_TTL_S)
-            pipe.execute()
+        try:
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.watch(marker)  # type: ignore[no-untyped-call]
+                if pipe.exists(marker):
+                    return False
+                pipe.multi()
+                getattr(self, op)(**args, client=pipe)
+                pipe.set(marker, 1, ex=WRITE_ID_TTL_S)
+                replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, redis.WatchError,
+                StoreUnavailable) as exc:
+            raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors:
+            # MULTI does not roll back: the marker must not claim a write that failed.
+            self.r.delete(marker)
+            raise errors[0]
         return True
 
     def replay_spool(self) -> tuple[int, int, int]:

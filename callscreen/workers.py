@@ -35,6 +35,7 @@ def run_workers(server: FastAGIServer, workers: int) -> int:
     assert server.listener is not None, "open() the server before forking workers"
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
+    reloads = 0  # SIGHUPs so far: a worker started after one reloads before serving
 
     def spawn(number: int) -> None:
         # Signals wait until the child has its own handlers (the parent's would forward them).
@@ -45,6 +46,8 @@ def run_workers(server: FastAGIServer, workers: int) -> int:
             try:
                 server.install_signals()
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if reloads:
+                    server.reload()  # the config in force now, not the one at start
                 server.serve_forever()
                 code = 0
             except BaseException:  # noqa: BLE001 - whatever happens, never return into the parent's code
@@ -52,14 +55,16 @@ def run_workers(server: FastAGIServer, workers: int) -> int:
             finally:
                 logging.shutdown()
                 os._exit(code)
+        children[pid] = number  # before unblocking: a pending SIGTERM must reach it too
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        children[pid] = number
         log.info("worker %d started (pid %d)", number, pid)
 
     def forward(sig: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, reloads
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        elif sig == signal.SIGHUP:
+            reloads += 1
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)

@@ -165,3 +165,36 @@ def test_cli_spool_status_and_replay(own_redis: RedisServer, tmp_path: Path) -> 
     assert replayed.exit_code == 0, replayed.output
     assert replayed.output.strip() == "1 applied, 0 already applied before, 0 left"
     assert own_redis.client().hexists(f"cs:l:{LINE}:contacts", CALLER)
+
+
+def test_a_write_redis_refuses_is_set_aside_and_the_rest_applied(own_redis: RedisServer,
+                                                                 tmp_path: Path) -> None:
+    """A line from another version (unknown op) and a write Redis refuses (the record key holds
+    a string: WRONGTYPE) go to writes.rejected.jsonl; the replay goes on, the breaker stays
+    closed, and no marker claims the refused write."""
+    store = Store.from_config(spooled_config(own_redis, tmp_path / "spool"))
+    assert store.spool is not None
+    rdb = own_redis.client()
+    store.spool.add("forget_everything", {})
+    store.spool.add("record_call", {"e164": "+33353010046", "line": LINE, "now": time.time(),
+                                    "action": "allow", "reason": "default"})
+    store.spool.add("add_contact", {"line": LINE, "e164": CALLER, "now": time.time(),
+                                    "ttl_s": 3600, "source": "outbound"})
+    rdb.set("cs:n:+33353010046", "not a hash")
+    assert store.replay_spool() == (1, 0, 0)
+    assert not store.breaker.is_open
+    rejected = (tmp_path / "spool" / "writes.rejected.jsonl").read_text().splitlines()
+    assert [json.loads(line)["op"] for line in rejected] == ["forget_everything", "record_call"]
+    assert store.facts(CALLER, LINE, time.time()).contact
+    assert not [k for k in rdb.scan_iter("cs:w:*")
+                if json.loads(rejected[1])["id"] in k]  # no marker for the refused write
+
+
+def test_a_write_redis_refuses_is_not_spooled(own_redis: RedisServer, tmp_path: Path) -> None:
+    store = Store.from_config(spooled_config(own_redis, tmp_path / "spool"))
+    assert store.spool is not None
+    own_redis.client().set("cs:n:+33353010047", "not a hash")
+    with pytest.raises(StoreUnavailable):
+        store.durable("record_call", e164="+33353010047", line=LINE, now=time.time(),
+                      action="allow", reason="default")
+    assert store.spool.pending() == 0

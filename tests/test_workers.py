@@ -113,3 +113,16 @@ def test_sigterm_stops_the_parent_and_every_worker(served: Served) -> None:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text()
     assert "FastAGI server stopped (2 workers)" in served.log_text()
+
+
+def test_a_worker_started_after_a_reload_serves_the_new_rules(served: Served) -> None:
+    (served.rules / "99-local.yaml").write_text(
+        "rules:\n  - name: local-block\n    when: {prefix: ['+33353010001']}\n"
+        "    action: block\n    reason: local\n")
+    served.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: served.log_text().count("reloaded:") >= 2, 10), served.log_text()
+    victim = min(served.workers())
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: len(served.workers()) == 2 and victim not in served.workers(), 10)
+    # Whichever worker takes each call, the new rule decides it.
+    assert {served.call()["SCREEN_ACTION"] for _ in range(30)} == {"block"}
