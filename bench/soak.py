@@ -54,12 +54,29 @@ PHASES = ("baseline", "redis-kill", "redis-pause", "fastagi-restart", "broken-ru
           "recovered")
 
 
-class Redis:
+class Process:
+    """A child that the soak signals (SIGKILL waits for it to be gone) and stops at the end."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Redis(Process):
     """A redis-server on a fixed port that can be killed, paused and restarted."""
 
     def __init__(self, workdir: Path):
         self.port, self.workdir = free_port(), workdir
-        self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
@@ -76,25 +93,12 @@ class Redis:
                 time.sleep(0.02)
         raise SystemExit("redis-server did not start")
 
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(5)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(5)
-
-
-class Server:
+class Server(Process):
     """`callscreen serve` in its own process, restartable on the same port."""
 
     def __init__(self, config: Path):
         self.config, self.port = config, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
@@ -102,17 +106,6 @@ class Server:
             [sys.executable, "-m", "callscreen", "--config", str(self.config), "serve",
              "--port", str(self.port)], cwd=REPO, stderr=subprocess.DEVNULL)
         wait_port(self.port)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        if sig == signal.SIGKILL:
-            self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @dataclass

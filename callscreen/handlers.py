@@ -199,23 +199,24 @@ def _last_caller(session: Session, engine: Engine) -> tuple[Line, str, str] | No
     return None
 
 
-def _store_down(session: Session, route: str, exc: Exception) -> None:
-    """A feature code while Redis cannot answer: the person hears the error tone and can try
-    again (nothing is remembered locally)."""
-    log.warning("%s: store unavailable (%s): nothing recorded", route, exc)
-    _feedback(session, "unavailable")
+def _feature_code(handler: Handler) -> Handler:
+    """A feature code needs Redis (the last caller lives there): when it cannot answer, the
+    person hears the error tone and can try again; nothing is remembered locally."""
+    def run(session: Session, engine: Engine) -> After | None:
+        try:
+            return handler(session, engine)
+        except (redis.RedisError, StoreUnavailable) as exc:
+            log.warning("%s: store unavailable (%s): nothing recorded", handler.__name__, exc)
+            _feedback(session, "unavailable")
+            return None
+
+    run.__doc__ = handler.__doc__
+    return run
 
 
+@_feature_code
 def report(session: Session, engine: Engine) -> After | None:
     """*60: report the last caller received on this line (never a typed number)."""
-    try:
-        return _report(session, engine)
-    except (redis.RedisError, StoreUnavailable) as exc:
-        _store_down(session, "report", exc)
-        return None
-
-
-def _report(session: Session, engine: Engine) -> After | None:
     found = _last_caller(session, engine)
     if found is None or engine.store is None:
         return None
@@ -240,16 +241,9 @@ def _report(session: Session, engine: Engine) -> After | None:
     return None
 
 
+@_feature_code
 def allow(session: Session, engine: Engine) -> After | None:
     """*61: put the last caller on this line's allowlist."""
-    try:
-        return _allow(session, engine)
-    except (redis.RedisError, StoreUnavailable) as exc:
-        _store_down(session, "allow", exc)
-        return None
-
-
-def _allow(session: Session, engine: Engine) -> After | None:
     found = _last_caller(session, engine)
     if found is None or engine.store is None:
         return None
