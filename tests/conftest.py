@@ -1,4 +1,4 @@
-"""Shared fixtures: a private, real redis-server per test session (never fakeredis)."""
+"""Shared fixtures: a private, real redis-server per test session, started on a free port."""
 
 from __future__ import annotations
 
