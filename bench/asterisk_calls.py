@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, free_port, percentiles, redis_server
+from bench.common import REPO, free_port, percentiles, redis_server, start_callscreen, wait_port
 from callscreen.sandbox import asterisk as sb_mod
 from callscreen.sandbox import product
 
@@ -70,17 +69,6 @@ def floor_server(port: int) -> None:
             await server.serve_forever()
 
     asyncio.run(serve())
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 def measure(sb: sb_mod.AsteriskSandbox, context: str, calls: int, concurrency: int
@@ -136,14 +124,10 @@ def main() -> None:
         screener = product.Screener(workdir, root, url, DID)  # writes both configs
         port, floor_port = free_port(), free_port()
         servers = [
-            subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(screener.config),
-                              "serve", "--port", str(port), "--workers", str(args.workers)],
-                             cwd=REPO,
-                             stderr=subprocess.DEVNULL),
+            start_callscreen(screener.config, port, args.workers),
             subprocess.Popen([sys.executable, "-m", "bench.asterisk_calls", "--floor-server",
                               str(floor_port)], cwd=REPO),
         ]
-        wait_port(port)
         wait_port(floor_port)
         try:
             with sb_mod.AsteriskSandbox(

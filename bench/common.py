@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a private redis-server, a config, percentiles."""
+"""Shared pieces of the benchmarks: a private redis-server, the server process, a config,
+percentiles."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,29 +25,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port; yields its URL."""
+def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:port, answering PING when this returns."""
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server not found")
-    workdir = Path(tempfile.mkdtemp(prefix="cs-bench-redis-"))
-    port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_timeout=0.2)
+    for _ in range(250):
+        try:
+            client.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit(f"redis-server did not start on port {port}")
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free port; yields its URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="cs-bench-redis-"))
+    port = free_port()
+    proc = start_redis(workdir, port)
     try:
-        for _ in range(250):
-            try:
-                redis.Redis(port=port).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def start_callscreen(config: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    """`callscreen serve` in its own process (as in production), listening when this returns."""
+    proc = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
+                             "serve", "--port", str(port), "--workers", str(workers)],
+                            cwd=REPO, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
 
 
 def write_config(directory: Path, redis_url: str, did: str = "0199000001") -> Path:

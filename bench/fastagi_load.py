@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,14 @@ from typing import Any
 import phonenumbers
 import redis
 
-from bench.common import REPO, bench_numbers, free_port, percentiles, redis_server, write_config
+from bench.common import (
+    bench_numbers,
+    free_port,
+    percentiles,
+    redis_server,
+    start_callscreen,
+    write_config,
+)
 from callscreen import config as config_mod
 from callscreen.config import Reputation
 from callscreen.store import Store
@@ -161,18 +167,10 @@ def run_server(config: Path, workers: int, levels: list[int], calls: int, floor_
                leak_calls: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One `callscreen serve --workers N`: the load levels, then the growth check."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
-                               "serve", "--port", str(port), "--workers", str(workers)],
-                              cwd=REPO, stderr=subprocess.DEVNULL)
+    server = start_callscreen(config, port, workers)
     figures: dict[str, Any] = {}
     leak: dict[str, Any] = {}
     try:
-        for _ in range(200):
-            try:
-                asyncio.run(one_call(port, CALLERS[0]))
-                break
-            except OSError:
-                time.sleep(0.05)
         asyncio.run(load(port, 8, 500))  # warm-up
         for level in levels:
             cpu0 = proc_cpu(server.pid)

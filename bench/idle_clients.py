@@ -13,14 +13,11 @@ import asyncio
 import json
 import selectors
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.asterisk_calls import wait_port
-from bench.common import REPO, free_port, percentiles, redis_server, write_config
+from bench.common import free_port, percentiles, redis_server, start_callscreen, write_config
 from bench.fastagi_load import CALLERS, env_block, one_call, proc_threads_fds
 
 WAVE = 400  # below server.MAX_CALLS (512): every connection gets a thread and its env timeout
@@ -65,11 +62,8 @@ def main() -> None:
     with redis_server() as url, tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), url)
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "callscreen", "--config", str(config),
-                                   "serve", "--port", str(port)], cwd=REPO,
-                                  stderr=subprocess.DEVNULL)
+        server = start_callscreen(config, port)
         try:
-            wait_port(port)
             asyncio.run(one_call(port, CALLERS[0]))  # a real call: the Redis pool is open
             time.sleep(0.5)
             before = proc_threads_fds(server.pid)

@@ -26,7 +26,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,8 +34,7 @@ from pathlib import Path
 
 import redis
 
-from bench.asterisk_calls import wait_port
-from bench.common import REPO, free_port, percentiles
+from bench.common import free_port, percentiles, start_callscreen, start_redis
 from callscreen.sandbox import asterisk as sb_mod
 from callscreen.sandbox import product
 from callscreen.spool import Spool
@@ -80,18 +78,7 @@ class Redis(Process):
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=0.2)
-        for _ in range(250):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise SystemExit("redis-server did not start")
+        self.proc = start_redis(self.workdir, self.port)
 
 
 class Server(Process):
@@ -102,10 +89,7 @@ class Server(Process):
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callscreen", "--config", str(self.config), "serve",
-             "--port", str(self.port)], cwd=REPO, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        self.proc = start_callscreen(self.config, self.port)
 
 
 @dataclass
