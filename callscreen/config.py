@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -306,19 +307,29 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
-def _readable_file(base_dir: Path) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        if not value:
-            return None  # empty: not used
-        path = Path(value) if Path(value).is_absolute() else base_dir / value
-        return None if path.is_file() and os.access(path, os.R_OK) else (
-            f"file '{value}' not found or not readable")
-    return check
+def _file_setting(r: _Reader, doc: SourceDict, key: str, base_dir: Path) -> str:
+    """A file named in the config (relative to the config's directory), made absolute; it must
+    be readable now. Empty: not used."""
+    value = r.get(doc, key, str, "")
+    if not value:
+        return ""
+    path = (base_dir / value).resolve()  # an absolute value stays itself
+    if not (path.is_file() and os.access(path, os.R_OK)):
+        r.problems.append(f"{doc.where(key)}: file '{value}' not found or not readable")
+    return str(path)
 
 
-def _path(base_dir: Path, value: str) -> str:
-    """A file named in the config, relative to the config's directory, made absolute."""
-    return str((base_dir / value).resolve()) if value else ""
+def redis_url_parts(url: str) -> dict[str, Any]:
+    """Database, user, password and TLS of a redis:// or rediss:// url (what a Sentinel setup
+    takes from it). Raises ValueError on a database that is not a number."""
+    parts = urllib.parse.urlsplit(url)
+    db = parts.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"'/{db}' is not a database number")
+    return {"db": int(db or 0),
+            "username": urllib.parse.unquote(parts.username or "") or None,
+            "password": urllib.parse.unquote(parts.password or "") or None,
+            "ssl": parts.scheme == "rediss"}
 
 
 def _sentinels(r: _Reader, rs: SourceDict) -> tuple[tuple[str, int], ...]:
@@ -367,9 +378,9 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                                   _positive("breaker_cooldown_ms")),
         sentinel_service=r.get(rs, "sentinel_service", str, rd.sentinel_service),
         sentinels=_sentinels(r, rs),
-        tls_ca_file=_path(base_dir, r.get(rs, "tls_ca_file", str, "", _readable_file(base_dir))),
-        tls_cert_file=_path(base_dir, r.get(rs, "tls_cert_file", str, "", _readable_file(base_dir))),
-        tls_key_file=_path(base_dir, r.get(rs, "tls_key_file", str, "", _readable_file(base_dir))),
+        tls_ca_file=_file_setting(r, rs, "tls_ca_file", base_dir),
+        tls_cert_file=_file_setting(r, rs, "tls_cert_file", base_dir),
+        tls_key_file=_file_setting(r, rs, "tls_key_file", base_dir),
     )
     tls_files = [k for k in ("tls_ca_file", "tls_cert_file", "tls_key_file") if rs.get(k)]
     if tls_files and not redis_cfg.url.startswith("rediss://"):
@@ -377,11 +388,12 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                         f"(got {redis_cfg.url})")
     if bool(redis_cfg.tls_cert_file) != bool(redis_cfg.tls_key_file):
         problems.append(f"{rs.where()}: redis tls_cert_file and tls_key_file go together")
-    db = redis_cfg.url.split("://", 1)[-1].split("?", 1)[0].partition("/")[2]
-    if redis_cfg.sentinels and redis_cfg.url.startswith(("redis://", "rediss://")) and not (
-            db == "" or (db.isascii() and db.isdigit())):
-        problems.append(f"{rs.where('url')}: with sentinels the url gives only the database: "
-                        f"'/{db}' is not a database number")
+    if redis_cfg.sentinels:
+        try:
+            redis_url_parts(redis_cfg.url)
+        except ValueError as exc:
+            problems.append(f"{rs.where('url')}: with sentinels the url gives only the "
+                            f"database: {exc}")
     if bool(redis_cfg.sentinel_service) != bool(rs.get("sentinels")):
         problems.append(f"{rs.where()}: redis sentinel_service and sentinels go together "
                         "(the service name and at least one host:port)")
@@ -642,7 +654,8 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         pbx_id=r.get(doc, "pbx_id", str, "local",
                      lambda v: None if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v)
                      else f"pbx_id '{v}' must be lowercase letters, digits, '-' or '_'"),
-        spool_dir=_path(base_dir, r.get(doc, "spool_dir", str, "")),
+        spool_dir=str((base_dir / spool_dir).resolve()) if (
+            spool_dir := r.get(doc, "spool_dir", str, "")) else "",
         fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
         default_action=r.get(doc, "default_action", str, "allow",
                              _one_of("default_action", ACTIONS)),

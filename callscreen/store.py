@@ -84,7 +84,6 @@ import os
 import re
 import threading
 import time
-import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -94,7 +93,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from callscreen.config import Config, Learning, RedisConfig, Reputation, StormConfig
+from callscreen.config import (
+    Config,
+    Learning,
+    RedisConfig,
+    Reputation,
+    StormConfig,
+    redis_url_parts,
+)
 from callscreen.numbers import is_e164, prefixes_of
 from callscreen.spool import RetryLater, Spool
 
@@ -508,7 +514,6 @@ def client_from_config(cfg: Config) -> redis.Redis:
                 "socket_connect_timeout": rc.connect_timeout_ms / 1000}
     if rc.sentinels:
         return _sentinel_client(rc, timeouts)
-    tls = _tls_options(rc) if rc.url.startswith("rediss://") else {}
     # Blocking pool: past max_connections a call waits (at most the connect timeout) for a free
     # connection instead of failing at once with MaxConnectionsError.
     pool = redis.BlockingConnectionPool.from_url(
@@ -519,13 +524,16 @@ def client_from_config(cfg: Config) -> redis.Redis:
         health_check_interval=0,
         decode_responses=True,
         **timeouts,
-        **tls,
+        **_tls_options(rc),
     )
     return redis.Redis(connection_pool=pool)
 
 
 def _tls_options(rc: RedisConfig) -> dict[str, Any]:
+    """The CA and client certificate of a rediss:// url (none for redis:// or unix://)."""
     options: dict[str, Any] = {}
+    if not rc.url.startswith("rediss://"):
+        return options
     if rc.tls_ca_file:
         options["ssl_ca_certs"] = rc.tls_ca_file
     if rc.tls_cert_file:
@@ -541,12 +549,7 @@ def _sentinel_client(rc: RedisConfig, timeouts: dict[str, float]) -> redis.Redis
     from redis.sentinel import Sentinel
 
     # The url gives the database, user, password and TLS; the sentinels give host and port.
-    url = urllib.parse.urlsplit(rc.url)
-    options: dict[str, Any] = {"db": int(url.path.strip("/") or 0) if url.scheme != "unix" else 0,
-                               "username": urllib.parse.unquote(url.username or "") or None,
-                               "password": urllib.parse.unquote(url.password or "") or None,
-                               "ssl": url.scheme == "rediss",
-                               **(_tls_options(rc) if url.scheme == "rediss" else {})}
+    options = {**redis_url_parts(rc.url), **_tls_options(rc)}
     options.update(timeouts, max_connections=rc.max_connections, retry=Retry(NoBackoff(), 0),
                    health_check_interval=0, decode_responses=True)
     sentinel = Sentinel(list(rc.sentinels), sentinel_kwargs=dict(timeouts),
