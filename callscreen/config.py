@@ -621,6 +621,10 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
                       lambda v: None if 1 <= v <= 64 else f"workers must be 1-64, got {v}"),
     )
 
+    spool_dir = r.get(doc, "spool_dir", str, "")
+    if spool_dir:  # relative to the config's directory, like rules_dir
+        spool_dir = str((base_dir / spool_dir).resolve())
+
     hs = r.section(doc, "holidays", {"country", "subdivision"})
     holidays_cfg = HolidayConfig(
         country=r.get(hs, "country", str, "", lambda v: None if not v else _region(v)),
@@ -654,8 +658,7 @@ def build(doc: SourceDict, base_dir: Path, sources: tuple[str, ...] = ()) -> Con
         pbx_id=r.get(doc, "pbx_id", str, "local",
                      lambda v: None if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v)
                      else f"pbx_id '{v}' must be lowercase letters, digits, '-' or '_'"),
-        spool_dir=str((base_dir / spool_dir).resolve()) if (
-            spool_dir := r.get(doc, "spool_dir", str, "")) else "",
+        spool_dir=spool_dir,
         fail_mode=r.get(doc, "fail_mode", str, "open", _one_of("fail_mode", tuple(FAIL_MODES))),
         default_action=r.get(doc, "default_action", str, "allow",
                              _one_of("default_action", ACTIONS)),
